@@ -410,7 +410,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"model: {'Qwen2-VL-2B (full size)' if args.size == 'full' else 'tiny Qwen2-VL'} + jina score head, "
           f"RANDOM WEIGHTS ({sum(p.numel() for p in ranker.model.parameters()) / 1e9:.2f} B parameters, "
           f"{ranker.dtype}, built in {build_s:.1f} s). The cost of a forward pass does not depend on the weight "
-          f"values: the timings hold for the real checkpoint; the scores mean nothing.")
+          f"values; the scores mean nothing. "
+          + ("The timings hold for the real checkpoint." if args.size == "full" else
+             "This tiny architecture is not the real one: its timings measure preprocessing and framework "
+             "overheads, not the cost of jina-reranker-m0."))
     print(f"device: {torch.cuda.get_device_name(device) if device.type == 'cuda' else platform.processor() or 'cpu'}"
           f"; torch {torch.__version__}; transformers {__import__('transformers').__version__}; "
           f"attention: {cfg._attn_implementation}; both sides share one model object.")
