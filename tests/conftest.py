@@ -1,5 +1,4 @@
 import pytest
-
 from mmrank_testkit import tiny_model_dir
 
 

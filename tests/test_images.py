@@ -9,11 +9,10 @@ import zlib
 from pathlib import Path
 
 import pytest
-from PIL import Image
-
 from mmrank import ImageLoadError, ImagePolicy, load_image
 from mmrank.images import check_url_host, image_fingerprint
 from mmrank_testkit import sample_image, sample_image_bytes
+from PIL import Image
 
 
 def _png_header_only(width: int, height: int) -> bytes:
@@ -135,7 +134,6 @@ def test_strict_fetch_connects_to_the_checked_address(monkeypatch):
     """DNS rebinding: the address that passed the check is the one connected to (Host header and TLS name
     keep the original host)."""
     import httpx
-
     from mmrank import images
 
     seen = {}

@@ -12,7 +12,6 @@ import threading
 from pathlib import Path
 
 from filelock import FileLock
-
 from mmrank.dummy import build_checkpoint
 
 _lock = threading.Lock()

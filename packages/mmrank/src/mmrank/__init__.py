@@ -11,8 +11,15 @@ from typing import TYPE_CHECKING, Any
 
 from .base import OnError, PointwiseReranker, RankedDocument, Reranker
 from .documents import Document, Query
-from .errors import (IdentifierTokenError, ImageLoadError, InputError, MMRankError, ModelLoadError, RemoteError,
-                     UnsupportedInputError)
+from .errors import (
+    IdentifierTokenError,
+    ImageLoadError,
+    InputError,
+    MMRankError,
+    ModelLoadError,
+    RemoteError,
+    UnsupportedInputError,
+)
 from .images import ImagePolicy, load_image
 
 __version__ = "0.1.0"

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 from PIL import Image
 
@@ -88,7 +89,7 @@ class Document:
         return self._lazy.get(policy)
 
     @classmethod
-    def coerce(cls, value: Any) -> "Document":
+    def coerce(cls, value: Any) -> Document:
         """Build a Document from the shapes users naturally pass.
 
         - ``Document`` → itself; ``str`` → a text document (a string is never taken as a path);
@@ -149,7 +150,7 @@ class Query:
         return self._lazy.get(policy)
 
     @classmethod
-    def coerce(cls, value: Any) -> "Query":
+    def coerce(cls, value: Any) -> Query:
         """``str`` → text query; PIL image, bytes or ``Path`` → image query; mapping with text/image."""
         if isinstance(value, Query):
             return value

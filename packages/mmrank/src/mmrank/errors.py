@@ -35,7 +35,7 @@ class ImageLoadError(InputError):
         src = f" (source: {self.source})" if self.source else ""
         return f"{prefix}{self.reason}{src}"
 
-    def for_document(self, index: int, doc_id: str | None) -> "ImageLoadError":
+    def for_document(self, index: int, doc_id: str | None) -> ImageLoadError:
         """The same error, now naming the document it belongs to."""
         return ImageLoadError(self.reason, source=self.source, document_index=index, document_id=doc_id)
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from .errors import ModelLoadError
 
@@ -59,7 +60,7 @@ def guarded_load(model: str, fn: Callable[[], T]) -> T:
         return fn()
     except ModelLoadError:
         raise
-    except (OSError, ValueError, EnvironmentError) as exc:
+    except (OSError, ValueError) as exc:
         # transformers raises OSError for unreachable/missing repos (also huggingface_hub's
         # LocalEntryNotFoundError and RepositoryNotFoundError, which subclass it or HTTP errors).
         raise explain_unreachable(model, exc) from exc
@@ -69,7 +70,7 @@ def guarded_load(model: str, fn: Callable[[], T]) -> T:
         raise
 
 
-def pick_device(device: Any | None) -> "Any":
+def pick_device(device: Any | None) -> Any:
     import torch
 
     if device is None or device == "auto":
@@ -81,7 +82,7 @@ def pick_device(device: Any | None) -> "Any":
     return torch.device(device)
 
 
-def pick_dtype(dtype: Any, device: Any) -> "Any":
+def pick_dtype(dtype: Any, device: Any) -> Any:
     import torch
 
     if dtype is None or dtype == "auto":

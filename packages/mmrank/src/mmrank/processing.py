@@ -311,7 +311,7 @@ class VisionTextProcessor:
         input_ids = torch.full((n, width), self.pad_token_id, dtype=torch.long)
         attention = torch.zeros((n, width), dtype=torch.long)
         mm_types = torch.zeros((n, width), dtype=torch.long)
-        for r, (s, t) in enumerate(zip(seqs, type_seqs)):
+        for r, (s, t) in enumerate(zip(seqs, type_seqs, strict=True)):
             if s:
                 input_ids[r, width - len(s):] = torch.tensor(s, dtype=torch.long)
                 attention[r, width - len(s):] = 1
