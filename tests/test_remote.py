@@ -394,3 +394,16 @@ def test_factory_builds_the_remote_scorer():
 
     r = load_reranker("remote", "my-model", url="http://127.0.0.1:1", dialect="jina")
     assert isinstance(r, RemoteReranker) and r.model == "my-model" and r.model_name == "my-model"
+
+
+@pytest.mark.parametrize("mode, setting", [("remote", {"device": "cpu"}), ("remote", {"batch_size": 4}),
+                                           ("listwise", {"batch_size": 4}), ("pointwise", {"url": "http://x"}),
+                                           ("pairwise", {"api_key": "k"})])
+def test_factory_refuses_a_setting_the_mode_would_not_use(mode, setting):
+    from mmrank import load_reranker
+
+    name = next(iter(setting))
+    with pytest.raises(InputError, match=f"{name} applies to modes .*not '{mode}'"):
+        load_reranker(mode, None, **setting)
+    with pytest.raises(InputError, match="unknown mode"):
+        load_reranker("bogus")

@@ -35,15 +35,6 @@ ERROR_KEY = "rerank_error"
 IMAGE_KEYS = ("image", "image_base64", "image_path", "image_url")
 
 _URL_PREFIXES = ("http://", "https://", "file://", "data:")
-#: Modes whose scorers take ``device`` / ``batch_size`` (the others take their own options via reranker_kwargs).
-DEVICE_MODES = ("pointwise", "listwise", "pairwise")
-BATCH_MODES = ("pointwise", "pairwise")
-
-
-def _check_applies(name: str, mode: str, modes: tuple[str, ...]) -> None:
-    if mode not in modes:
-        raise ValueError(f"{name} applies to modes {', '.join(modes)}, not {mode!r}; pass that scorer's own "
-                         "options in reranker_kwargs")
 
 
 def document_image(doc: Document) -> Any:
@@ -123,18 +114,11 @@ class MMRankRerank(BaseDocumentCompressor):
         self._scorer = self.reranker if self.reranker is not None else self._load()
 
     def _load(self) -> mmrank.Reranker:
-        kwargs: dict[str, Any] = dict(self.reranker_kwargs)
-        if self.device is not None:
-            _check_applies("device", self.mode, DEVICE_MODES)
-            kwargs.setdefault("device", self.device)
-        if self.batch_size is not None:
-            _check_applies("batch_size", self.mode, BATCH_MODES)
-            kwargs.setdefault("batch_size", self.batch_size)
-        if self.mode == "remote":
-            if self.url is not None:
-                kwargs.setdefault("url", self.url)
-            if self.mmrank_api_key is not None:
-                kwargs.setdefault("api_key", self.mmrank_api_key.get_secret_value())
+        # mmrank checks that each setting applies to the mode; the remote key comes from the environment
+        # by default, so it is passed only where it is used.
+        key = self.mmrank_api_key.get_secret_value() if self.mmrank_api_key and self.mode == "remote" else None
+        named = {"device": self.device, "batch_size": self.batch_size, "url": self.url, "api_key": key}
+        kwargs = {k: v for k, v in named.items() if v is not None} | dict(self.reranker_kwargs)
         return mmrank.load_reranker(self.mode, self.model, **kwargs)
 
     @property

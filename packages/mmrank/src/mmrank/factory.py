@@ -8,9 +8,15 @@ from .base import Reranker
 from .errors import InputError
 
 MODES = ("pointwise", "listwise", "pairwise", "remote")
+#: Modes whose scorers take ``device`` (the local models) and ``batch_size`` (pairs per forward pass; the
+#: listwise scorer batches by window instead).
+DEVICE_MODES = ("pointwise", "listwise", "pairwise")
+BATCH_MODES = ("pointwise", "pairwise")
 
 
-def load_reranker(mode: str = "pointwise", /, model: str | None = None, **kwargs: Any) -> Reranker:
+def load_reranker(mode: str = "pointwise", /, model: str | None = None, *, device: Any = None,
+                  batch_size: int | None = None, url: str | None = None, api_key: str | None = None,
+                  **kwargs: Any) -> Reranker:
     """Build a scorer.
 
     - ``pointwise``: :class:`mmrank.JinaRerankerM0` (default model ``jinaai/jina-reranker-m0``);
@@ -18,9 +24,22 @@ def load_reranker(mode: str = "pointwise", /, model: str | None = None, **kwargs
     - ``pairwise``: :class:`mmrank.PairwiseReranker` (yes/no relevance) over an instruction-tuned VLM;
     - ``remote``: :class:`mmrank.RemoteReranker` (``model`` is the served model name; pass ``url``).
 
-    ``kwargs`` go to the scorer's constructor. ``mode`` is positional-only, so the listwise scorer's own
-    ``mode`` (``"generate"`` / ``"single_pass"``) passes through: ``load_reranker("listwise", m, mode="single_pass")``.
+    The common knobs are checked against the mode here, so a setting that a mode would not use is an error
+    rather than silently dropped: ``device`` (local modes), ``batch_size`` (pointwise, pairwise), ``url`` and
+    ``api_key`` (remote). Other ``kwargs`` go to the scorer's constructor. ``mode`` is positional-only, so the
+    listwise scorer's own ``mode`` (``"generate"`` / ``"single_pass"``) passes through:
+    ``load_reranker("listwise", m, mode="single_pass")``.
     """
+    if mode not in MODES:
+        raise InputError(f"unknown mode {mode!r}; use one of {MODES}")
+    for name, value, modes in (("device", device, DEVICE_MODES), ("batch_size", batch_size, BATCH_MODES),
+                               ("url", url, ("remote",)), ("api_key", api_key, ("remote",))):
+        if value is None:
+            continue
+        if mode not in modes:
+            raise InputError(f"{name} applies to modes {', '.join(modes)}, not {mode!r}; pass that scorer's "
+                             "own options instead")
+        kwargs[name] = value
     if mode == "pointwise":
         from .pointwise import DEFAULT_MODEL, JinaRerankerM0
 
@@ -33,8 +52,6 @@ def load_reranker(mode: str = "pointwise", /, model: str | None = None, **kwargs
         from .pairwise import PairwiseReranker
 
         return PairwiseReranker(model, **kwargs) if model else PairwiseReranker(**kwargs)
-    if mode == "remote":
-        from .remote import RemoteReranker
+    from .remote import RemoteReranker
 
-        return RemoteReranker(model=model, **kwargs) if model else RemoteReranker(**kwargs)
-    raise InputError(f"unknown mode {mode!r}; use one of {MODES}")
+    return RemoteReranker(model=model, **kwargs) if model else RemoteReranker(**kwargs)

@@ -28,9 +28,6 @@ RETRIEVAL_SCORE_KEY = "retrieval_score"
 ERROR_KEY = "rerank_error"
 
 _URL_PREFIXES = ("http://", "https://", "file://", "data:")
-#: Modes whose scorers take ``device`` / ``batch_size`` (the others take their own options via reranker_kwargs).
-DEVICE_MODES = ("pointwise", "listwise", "pairwise")
-BATCH_MODES = ("pointwise", "pairwise")
 
 
 class MMRankRerank(BaseNodePostprocessor):
@@ -137,18 +134,10 @@ class MMRankRerank(BaseNodePostprocessor):
         return self._reranker
 
     def _load(self) -> mmrank.Reranker:
-        kwargs: dict[str, Any] = dict(self.reranker_kwargs)
-        if self.device is not None:
-            _check_applies("device", self.mode, DEVICE_MODES)
-            kwargs.setdefault("device", self.device)
-        if self.batch_size is not None:
-            _check_applies("batch_size", self.mode, BATCH_MODES)
-            kwargs.setdefault("batch_size", self.batch_size)
-        if self.mode == "remote":
-            if self.url is not None:
-                kwargs.setdefault("url", self.url)
-            if self.api_key is not None:
-                kwargs.setdefault("api_key", self.api_key.get_secret_value())
+        # mmrank checks that each setting applies to the mode.
+        key = self.api_key.get_secret_value() if self.api_key is not None else None
+        named = {"device": self.device, "batch_size": self.batch_size, "url": self.url, "api_key": key}
+        kwargs = {k: v for k, v in named.items() if v is not None} | dict(self.reranker_kwargs)
         return mmrank.load_reranker(self.mode, self.model, **kwargs)
 
     # ------------------------------------------------------------------ translation
@@ -297,9 +286,3 @@ def _copy_with_metadata(node: BaseNode, updates: dict[str, Any]) -> BaseNode:
         fields["excluded_llm_metadata_keys"] = [*node.excluded_llm_metadata_keys, ERROR_KEY]
         fields["excluded_embed_metadata_keys"] = [*node.excluded_embed_metadata_keys, ERROR_KEY]
     return node.model_copy(update=fields)
-
-
-def _check_applies(name: str, mode: str, modes: tuple) -> None:
-    if mode not in modes:
-        raise ValueError(f"{name} applies to modes {', '.join(modes)}, not {mode!r}; pass that scorer's own "
-                         "options in reranker_kwargs")

@@ -22,6 +22,7 @@ from haystack.dataclasses import ImageContent
 from haystack.utils import ComponentDevice, Secret, deserialize_secrets_inplace
 
 import mmrank
+from mmrank.factory import BATCH_MODES, DEVICE_MODES
 
 logger = logging.getLogger(__name__)
 
@@ -32,9 +33,6 @@ RETRIEVAL_SCORE_KEY = "retrieval_score"
 ERROR_KEY = "rerank_error"
 
 Mode = Literal["pointwise", "listwise", "pairwise", "remote"]
-#: Modes whose scorers take ``device`` / ``batch_size`` (the others take their own options via reranker_kwargs).
-DEVICE_MODES = ("pointwise", "listwise", "pairwise")
-BATCH_MODES = ("pointwise", "pairwise")
 
 
 @component
@@ -167,21 +165,17 @@ class MMRankRanker:
             await asyncio.to_thread(self.warm_up)
 
     def _load(self) -> mmrank.Reranker:
-        kwargs: dict[str, Any] = dict(self.reranker_kwargs)
-        if self.mode in DEVICE_MODES:
-            if self.device is not None:
-                kwargs.setdefault("device", self.device.to_torch_str())
-            token = self.token.resolve_value() if self.token else None
-            if token:
-                kwargs.setdefault("token", token)
-        else:
-            if self.url is not None:
-                kwargs.setdefault("url", self.url)
-            key = self.api_key.resolve_value() if self.api_key else None
-            if key:
-                kwargs.setdefault("api_key", key)
-        if self.batch_size is not None:
-            kwargs.setdefault("batch_size", self.batch_size)
+        # mmrank checks that each setting applies to the mode. Each Secret is resolved only where it is used:
+        # the hub token for local models, the API key for a remote server.
+        local = self.mode in DEVICE_MODES
+        secret = self.token if local else self.api_key
+        named = {
+            "device": self.device.to_torch_str() if isinstance(self.device, ComponentDevice) else self.device,
+            "batch_size": self.batch_size,
+            "url": self.url,
+            "token" if local else "api_key": secret.resolve_value() if secret else None,
+        }
+        kwargs: dict[str, Any] = {k: v for k, v in named.items() if v is not None} | dict(self.reranker_kwargs)
         if self.root_path:
             policy = kwargs.get("image_policy") or mmrank.ImagePolicy()
             kwargs["image_policy"] = dataclasses.replace(policy, root_path=self.root_path)
