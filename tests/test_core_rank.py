@@ -7,9 +7,8 @@ import asyncio
 import os
 
 import pytest
-
 from mmrank import Document, ImageLoadError, InputError, JinaRerankerM0, ModelLoadError, Query
-from mmrank_testkit import sample_image, sample_image_bytes, sample_page
+from mmrank_testkit import sample_image, sample_image_bytes, sample_page, tiny_model_dir
 
 TEXTS = ["pandas eat bamboo", "the stock market fell", "a reranker orders passages", "x", "quick brown fox"]
 
@@ -89,11 +88,21 @@ def test_bad_documents_raise_on_request(jina_reranker):
         jina_reranker.rank("q", ["fine", Document(image=b"garbage", id="broken")], on_error="raise")
 
 
-def test_extreme_aspect_ratio_is_a_document_error(jina_reranker):
+@pytest.mark.parametrize("kind", ["pointwise", "listwise", "pairwise"])
+def test_extreme_aspect_ratio_is_a_document_error_and_a_query_error(kind, jina_reranker):
+    from mmrank import InputError, ListwiseReranker, PairwiseReranker
+
+    lm = str(tiny_model_dir("lm"))
+    scorer = {"pointwise": lambda: jina_reranker,
+              "listwise": lambda: ListwiseReranker(lm, device="cpu", dtype="float32", mode="single_pass"),
+              "pairwise": lambda: PairwiseReranker(lm, device="cpu", dtype="float32")}[kind]()
     thin = sample_image(0, (2000, 8))
-    ranked = jina_reranker.rank("q", ["fine", Document(image=thin)])
-    assert ranked[0].index == 0
-    assert ranked[1].score is None and "aspect ratio" in ranked[1].error
+    ranked = scorer.rank("q", ["fine", Document(image=thin, id="thin"), "also fine"])
+    assert sorted(r.index for r in ranked[:2]) == [0, 2] and all(r.score is not None for r in ranked[:2])
+    assert ranked[2].index == 1 and ranked[2].score is None
+    assert "document 1 (id='thin')" in ranked[2].error and "aspect ratio" in ranked[2].error
+    with pytest.raises(InputError, match="aspect ratio"):
+        scorer.rank(Query(image=thin), ["fine"])
 
 
 def test_unreadable_query_image_raises(jina_reranker):

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from mmrank import Document, RemoteError, RemoteReranker, UnsupportedInputError
+from mmrank import Document, ImagePolicy, RemoteError, RemoteReranker, UnsupportedInputError
 from mmrank.errors import InputError
 from mmrank_testkit import sample_image, sample_image_bytes
 from PIL import Image
@@ -360,6 +360,22 @@ def test_pil_images_go_as_lossless_png_and_bytes_as_given():
     sent = Image.open(io.BytesIO(base64.b64decode(d0.split(",", 1)[1])))
     assert sent.format == "PNG" and sent.tobytes() == img.tobytes()
     assert d1 == "data:image/jpeg;base64," + base64.b64encode(jpeg).decode() and d2 == d1
+
+
+def test_every_local_image_form_goes_as_the_files_own_bytes_and_the_policy_applies(tmp_path):
+    jpeg = sample_image_bytes(3, fmt="JPEG")
+    f = tmp_path / "page.jpg"
+    f.write_bytes(jpeg)
+    b64 = base64.b64encode(jpeg).decode()
+    h = Recorder(echo_scores)
+    r = RemoteReranker("http://127.0.0.1:9000", dialect="jina", transport=httpx.MockTransport(h))
+    r.rank("q", [Document(image=str(f)), Document(image=f), Document(image=f.as_uri()), Document(image=b64)])
+    assert [d["image"] for d in h.bodies()[0]["documents"]] == [b64] * 4
+    # A server-style policy (no local files) refuses paths per document, as the local scorers do.
+    strict = RemoteReranker("http://127.0.0.1:9000", dialect="jina", transport=httpx.MockTransport(h),
+                            image_policy=ImagePolicy.strict())
+    ranked = strict.rank("q", ["text", Document(image=f), Document(image=f.as_uri())])
+    assert [x.index for x in ranked][0] == 0 and all("local files are not allowed" in x.error for x in ranked[1:])
 
 
 # ------------------------------------------------------------------------------------------- secrets

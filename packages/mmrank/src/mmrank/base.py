@@ -16,9 +16,10 @@ import logging
 import math
 import threading
 from abc import ABC, abstractmethod
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Iterable, Literal, Sequence
+from typing import Any, Literal
 
 from .documents import Document, Query, coerce_documents
 from .errors import ImageLoadError, InputError
@@ -89,38 +90,22 @@ class Reranker(ABC):
              on_error: OnError | None = None) -> list[RankedDocument]:
         """Rank ``documents`` for ``query``; best first. Every input document appears exactly once
         (only ``top_n`` trims), documents that could not be read come last with ``error`` set."""
-        policy = self._check_on_error(on_error)
-        if top_n is not None and (not isinstance(top_n, int) or top_n < 0):
-            raise InputError(f"top_n must be a non-negative integer or None, got {top_n!r}")
-        q = Query.coerce(query)
-        docs = coerce_documents(documents)
+        policy, q, docs = self._begin(query, documents, top_n, on_error)
         if not docs:
             return []
         self._check_query(q)
         errors = self._prepare_documents(docs)
-        good = [i for i, e in enumerate(errors) if e is None]
-        bad = [i for i, e in enumerate(errors) if e is not None]
-        if bad and policy == "raise":
-            raise errors[bad[0]]  # type: ignore[misc]
-        for i in bad:
-            logger.warning("mmrank: %s — ranked last", errors[i])
-        ordered: list[RankedDocument] = []
+        good = self._good_documents(errors, policy)
+        pairs: list[tuple[int, float]] = []
         if good:
             with self._model_lock:
                 pairs = self._rank_documents(q, [docs[i] for i in good])
-            self._check_permutation(pairs, len(good))
-            ordered = [RankedDocument(index=good[j], score=float(s), document=docs[good[j]]) for j, s in pairs]
-        ordered.extend(RankedDocument(index=i, score=None, document=docs[i], error=str(errors[i])) for i in bad)
-        return ordered if top_n is None else ordered[:top_n]
+        return self._assemble(docs, errors, good, pairs, top_n)
 
     def score(self, query: Any, documents: Sequence[Any] | Iterable[Any], *,
               on_error: OnError | None = None) -> list[float | None]:
         """Scores in input order (``None`` for a document that could not be read)."""
-        ranked = self.rank(query, documents, on_error=on_error)
-        scores: list[float | None] = [None] * len(ranked)
-        for r in ranked:
-            scores[r.index] = r.score
-        return scores
+        return self._in_input_order(self.rank(query, documents, on_error=on_error))
 
     async def arank(self, query: Any, documents: Sequence[Any] | Iterable[Any], top_n: int | None = None, *,
                     on_error: OnError | None = None) -> list[RankedDocument]:
@@ -142,7 +127,16 @@ class Reranker(ABC):
         if query.has_image and not self.supports_image_query:
             raise InputError(f"{type(self).__name__} does not accept image queries")
         if query.has_image:
-            query.load_image(self.image_policy)  # raises ImageLoadError naming the query image
+            self._read_image(query)  # errors name the query image
+
+    def _read_image(self, item: Document | Query) -> None:
+        """Read and check the image of a document or query before any scoring; raise
+        :class:`ImageLoadError` / :class:`InputError`. Runs in worker threads for documents."""
+        self._check_image(item.load_image(self.image_policy))
+
+    def _check_image(self, image) -> None:  # noqa: B027 - optional hook
+        """Raise :class:`InputError` for a decoded image this scorer cannot take (e.g. an aspect ratio its
+        image processor refuses). Called for every image query and image document; default: accept."""
 
     def _prepare_documents(self, documents: list[Document]) -> list[ImageLoadError | InputError | None]:
         """Read every image up front, in parallel; return one error (or None) per document."""
@@ -157,9 +151,11 @@ class Reranker(ABC):
 
         def load(i: int) -> None:
             try:
-                documents[i].load_image(self.image_policy)
+                self._read_image(documents[i])
             except ImageLoadError as exc:
                 errors[i] = exc.for_document(i, documents[i].id)
+            except InputError as exc:
+                errors[i] = InputError(f"document {i}{_id_suffix(documents[i])}: {exc}")
 
         if len(todo) <= 1:
             for i in todo:
@@ -175,16 +171,50 @@ class Reranker(ABC):
             raise InputError(f"on_error must be one of {ON_ERROR_CHOICES}, got {policy!r}")
         return policy
 
+    def _begin(self, query: Any, documents: Any, top_n: int | None,
+               on_error: OnError | None) -> tuple[OnError, Query, list[Document]]:
+        """Check the call's arguments; coerce the query and the documents."""
+        policy = self._check_on_error(on_error)
+        if top_n is not None and (not isinstance(top_n, int) or top_n < 0):
+            raise InputError(f"top_n must be a non-negative integer or None, got {top_n!r}")
+        return policy, Query.coerce(query), coerce_documents(documents)
+
+    @staticmethod
+    def _good_documents(errors: list[ImageLoadError | InputError | None], policy: OnError) -> list[int]:
+        """Positions of the readable documents; raises the first error under ``on_error="raise"``."""
+        bad = [e for e in errors if e is not None]
+        if bad and policy == "raise":
+            raise bad[0]
+        for e in bad:
+            logger.warning("mmrank: %s — ranked last", e)
+        return [i for i, e in enumerate(errors) if e is None]
+
+    def _assemble(self, docs: list[Document], errors: list[ImageLoadError | InputError | None], good: list[int],
+                  pairs: list[tuple[int, float]], top_n: int | None) -> list[RankedDocument]:
+        """The ranking of the readable documents (positions within ``good``), then the unreadable ones."""
+        self._check_permutation(pairs, len(good))
+        ordered = [RankedDocument(index=good[j], score=float(s), document=docs[good[j]]) for j, s in pairs]
+        ordered.extend(RankedDocument(index=i, score=None, document=docs[i], error=str(e))
+                       for i, e in enumerate(errors) if e is not None)
+        return ordered if top_n is None else ordered[:top_n]
+
+    @staticmethod
+    def _in_input_order(ranked: list[RankedDocument]) -> list[float | None]:
+        scores: list[float | None] = [None] * len(ranked)
+        for r in ranked:
+            scores[r.index] = r.score
+        return scores
+
     @staticmethod
     def _check_permutation(pairs: list[tuple[int, float]], n: int) -> None:
         seen = sorted(j for j, _ in pairs)
         if seen != list(range(n)):
             raise RuntimeError(f"internal error: backend returned positions {seen} for {n} documents")
-        for (_, a), (_, b) in zip(pairs, pairs[1:]):
+        for (_, a), (_, b) in zip(pairs, pairs[1:], strict=False):
             if b > a and not (math.isnan(a) or math.isnan(b)):
                 raise RuntimeError("internal error: backend scores increase down the ranking")
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - a no-op default; scorers holding resources override it
         """Release resources (models, HTTP connections). Safe to call twice."""
 
     def __enter__(self):

@@ -57,7 +57,7 @@ class ImagePolicy:
     """If set, local files must lie under this directory (guards path traversal)."""
 
     @classmethod
-    def strict(cls, **overrides: Any) -> "ImagePolicy":
+    def strict(cls, **overrides: Any) -> ImagePolicy:
         """Policy for servers: no local files, no private addresses, http(s) and data URIs only."""
         base = cls(schemes=frozenset({"http", "https", "data"}), allow_private_addresses=False)
         return replace(base, **overrides) if overrides else base
@@ -126,7 +126,8 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB") if img.mode != "RGB" else img
 
 
-def _read_file(path: Path, policy: ImagePolicy, source: str) -> Image.Image:
+def read_file_bytes(path: Path, policy: ImagePolicy, source: str) -> bytes:
+    """The bytes of a local image file, under the policy's scheme, root and byte-cap rules."""
     if "file" not in policy.schemes:
         raise ImageLoadError("local files are not allowed by this image policy", source=source)
     try:
@@ -142,7 +143,7 @@ def _read_file(path: Path, policy: ImagePolicy, source: str) -> Image.Image:
     size = resolved.stat().st_size
     if size > policy.max_bytes:
         raise ImageLoadError(f"file is {size} bytes, over the limit of {policy.max_bytes} bytes", source=source)
-    return decode_image_bytes(resolved.read_bytes(), policy, source)
+    return resolved.read_bytes()
 
 
 def _decode_base64(text: str, policy: ImagePolicy, source: str) -> bytes:
@@ -155,15 +156,70 @@ def _decode_base64(text: str, policy: ImagePolicy, source: str) -> bytes:
         raise ImageLoadError("not valid base64", source=source) from None
 
 
-def _decode_data_uri(uri: str, policy: ImagePolicy, source: str) -> Image.Image:
+def _data_uri_bytes(uri: str, policy: ImagePolicy, source: str) -> bytes:
     header, sep, payload = uri.partition(",")
     if not sep:
         raise ImageLoadError("malformed data: URI (no comma)", source=source)
     if ";base64" in header:
-        data = _decode_base64(payload, policy, source)
-    else:
-        data = urllib.parse.unquote_to_bytes(payload)
-    return decode_image_bytes(data, policy, source)
+        return _decode_base64(payload, policy, source)
+    return urllib.parse.unquote_to_bytes(payload)
+
+
+@dataclass(frozen=True)
+class ResolvedSource:
+    """What an image input is, before any decoding or download: exactly one of ``image`` (a PIL image the
+    caller gave), ``data`` (encoded bytes read from a file, a ``data:`` URI, base64 or raw bytes) or ``url``
+    (an ``http(s)`` URL, not fetched). ``source`` describes the input for error messages."""
+
+    source: str
+    image: Image.Image | None = None
+    data: bytes | None = None
+    url: str | None = None
+
+
+def resolve_source(source: ImageInput, policy: ImagePolicy = DEFAULT_POLICY) -> ResolvedSource:
+    """Classify an image input and read its encoded bytes where they are local (files, ``data:`` URIs,
+    base64), applying the policy's scheme, root and byte caps. URLs are returned unfetched."""
+    desc = _describe(source)
+    if isinstance(source, Image.Image):
+        return ResolvedSource(desc, image=source)
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return ResolvedSource(desc, data=bytes(source))
+    if isinstance(source, os.PathLike):
+        return ResolvedSource(desc, data=read_file_bytes(Path(source), policy, desc))
+    if not isinstance(source, str):
+        raise ImageLoadError(f"cannot read an image from a {type(source).__name__}", source=desc)
+    text = source.strip()
+    if not text:
+        raise ImageLoadError("image reference is an empty string")
+    lowered = text[:16].lower()
+    if lowered.startswith("data:"):
+        if "data" not in policy.schemes:
+            raise ImageLoadError("data: URIs are not allowed by this image policy", source=desc)
+        return ResolvedSource(desc, data=_data_uri_bytes(text, policy, desc))
+    if lowered.startswith(("http://", "https://")):
+        scheme = lowered.split(":", 1)[0]
+        if scheme not in policy.schemes:
+            raise ImageLoadError(f"URL scheme {scheme!r} is not allowed", source=desc)
+        return ResolvedSource(desc, url=text)
+    if lowered.startswith("file://"):
+        parsed = urllib.parse.urlsplit(text)
+        if parsed.netloc not in ("", "localhost"):
+            raise ImageLoadError("file:// URLs must name a local path", source=desc)
+        return ResolvedSource(desc, data=read_file_bytes(Path(urllib.parse.unquote(parsed.path)), policy, desc))
+    scheme = urllib.parse.urlsplit(text).scheme.lower()
+    if scheme and len(scheme) > 1 and "://" in text:
+        raise ImageLoadError(f"URL scheme {scheme!r} is not supported (use http, https, data or file)",
+                             source=desc)
+    # A string that names an existing file is a path; otherwise, if it is long and base64-shaped, it is
+    # an inline image (the Jina API sends images as bare base64).
+    if len(text) < 4096 and os.path.exists(text):
+        return ResolvedSource(desc, data=read_file_bytes(Path(text), policy, desc))
+    if len(text) >= 64 and _looks_base64(text):
+        if "data" not in policy.schemes:
+            raise ImageLoadError("inline base64 images are not allowed by this image policy", source=desc)
+        return ResolvedSource(desc, data=_decode_base64(text, policy, desc))
+    raise ImageLoadError("not an existing file, a URL, a data: URI or base64 image data", source=desc)
 
 
 def _is_public(addr: str) -> bool:
@@ -257,44 +313,13 @@ def _fetch_url(url: str, policy: ImagePolicy) -> Image.Image:
 
 def load_image(source: ImageInput, policy: ImagePolicy = DEFAULT_POLICY) -> Image.Image:
     """Load ``source`` into an RGB PIL image, or raise :class:`ImageLoadError` saying why not."""
-    desc = _describe(source)
-    if isinstance(source, Image.Image):
-        _check_header(source, policy, desc)
-        return _to_rgb(source)
-    if isinstance(source, (bytes, bytearray, memoryview)):
-        return decode_image_bytes(bytes(source), policy, desc)
-    if isinstance(source, os.PathLike):
-        return _read_file(Path(source), policy, desc)
-    if not isinstance(source, str):
-        raise ImageLoadError(f"cannot read an image from a {type(source).__name__}", source=desc)
-    text = source.strip()
-    if not text:
-        raise ImageLoadError("image reference is an empty string")
-    lowered = text[:16].lower()
-    if lowered.startswith("data:"):
-        if "data" not in policy.schemes:
-            raise ImageLoadError("data: URIs are not allowed by this image policy", source=desc)
-        return _decode_data_uri(text, policy, desc)
-    if lowered.startswith(("http://", "https://")):
-        return _fetch_url(text, policy)
-    if lowered.startswith("file://"):
-        parsed = urllib.parse.urlsplit(text)
-        if parsed.netloc not in ("", "localhost"):
-            raise ImageLoadError("file:// URLs must name a local path", source=desc)
-        return _read_file(Path(urllib.parse.unquote(parsed.path)), policy, desc)
-    scheme = urllib.parse.urlsplit(text).scheme.lower()
-    if scheme and len(scheme) > 1 and "://" in text:
-        raise ImageLoadError(f"URL scheme {scheme!r} is not supported (use http, https, data or file)",
-                             source=desc)
-    # A string that names an existing file is a path; otherwise, if it is long and base64-shaped, it is
-    # an inline image (the Jina API sends images as bare base64).
-    if len(text) < 4096 and os.path.exists(text):
-        return _read_file(Path(text), policy, desc)
-    if len(text) >= 64 and _looks_base64(text):
-        if "data" not in policy.schemes:
-            raise ImageLoadError("inline base64 images are not allowed by this image policy", source=desc)
-        return decode_image_bytes(_decode_base64(text, policy, desc), policy, desc)
-    raise ImageLoadError("not an existing file, a URL, a data: URI or base64 image data", source=desc)
+    got = resolve_source(source, policy)
+    if got.image is not None:
+        _check_header(got.image, policy, got.source)
+        return _to_rgb(got.image)
+    if got.url is not None:
+        return _fetch_url(got.url, policy)
+    return decode_image_bytes(got.data, policy, got.source)  # type: ignore[arg-type]
 
 
 def _looks_base64(text: str) -> bool:

@@ -140,20 +140,8 @@ class PairwiseReranker(PointwiseReranker):
         return yes[0], no[0], single
 
     # ------------------------------------------------------------------ documents
-    def _prepare_documents(self, documents: list[Document]):
-        errors = super()._prepare_documents(documents)
-        for i, d in enumerate(documents):
-            if errors[i] is None and d.has_image:
-                try:
-                    self.vlm.processor.resized_size(*d.load_image(self.image_policy).size)
-                except InputError as exc:
-                    errors[i] = InputError(f"document {i}: {exc}")
-        return errors
-
-    def _check_query(self, query: Query) -> None:
-        super()._check_query(query)
-        if query.has_image:
-            self.vlm.processor.resized_size(*query.load_image(self.image_policy).size)
+    def _check_image(self, image) -> None:
+        self.vlm.processor.resized_size(*image.size)  # InputError for sizes the image processor refuses
 
     @staticmethod
     def _cut(text: str, limit: int | None) -> str:

@@ -179,16 +179,8 @@ class JinaRerankerM0(PointwiseReranker):
         return model, folder
 
     # ------------------------------------------------------------------ preparation
-    def _prepare_documents(self, documents: list[Document]):
-        errors = super()._prepare_documents(documents)
-        # Reject images the processor cannot resize (aspect ratio over 200 etc.) per document.
-        for i, d in enumerate(documents):
-            if errors[i] is None and d.has_image:
-                try:
-                    self.processor.resized_size(*d.load_image(self.image_policy).size)
-                except InputError as exc:
-                    errors[i] = InputError(f"document {i}: {exc}")
-        return errors
+    def _check_image(self, image) -> None:
+        self.processor.resized_size(*image.size)  # InputError for sizes the image processor refuses
 
     def _doc_text(self, text: str) -> str:
         # Reference: encode with truncation at max_doc_length; only if the limit was reached, decode.

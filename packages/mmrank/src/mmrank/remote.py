@@ -66,16 +66,15 @@ import weakref
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal
 
 import httpx
 from PIL import Image
 
 from .base import OnError, RankedDocument, Reranker, _id_suffix
-from .documents import Document, Query, coerce_documents
+from .documents import Document, Query
 from .errors import ImageLoadError, InputError, RemoteError, UnsupportedInputError
-from .images import DEFAULT_POLICY, ImagePolicy, decode_image_bytes, load_image
+from .images import DEFAULT_POLICY, ImagePolicy, decode_image_bytes, load_image, resolve_source
 
 logger = logging.getLogger("mmrank")
 
@@ -129,86 +128,17 @@ def _from_bytes(data: bytes, policy: ImagePolicy, source: str) -> WireImage:
     return WireImage(data=base64.b64encode(data).decode("ascii"), mime=_mime(fmt))
 
 
-def _from_file(path: Path, policy: ImagePolicy, source: str) -> WireImage:
-    if "file" not in policy.schemes:
-        raise ImageLoadError("local files are not allowed by this image policy", source=source)
-    resolved = path.expanduser()
-    try:
-        resolved = resolved.resolve()
-    except OSError as exc:
-        raise ImageLoadError(f"cannot resolve path: {exc}", source=source) from None
-    if policy.root_path is not None:
-        root = Path(policy.root_path).expanduser().resolve()
-        if resolved != root and root not in resolved.parents:
-            raise ImageLoadError(f"path lies outside the allowed root {root}", source=source)
-    if not resolved.is_file():
-        raise ImageLoadError("file does not exist or is not a regular file", source=source)
-    size = resolved.stat().st_size
-    if size > policy.max_bytes:
-        raise ImageLoadError(f"file is {size} bytes, over the limit of {policy.max_bytes} bytes", source=source)
-    return _from_bytes(resolved.read_bytes(), policy, source)
-
-
-def _b64decode(text: str, policy: ImagePolicy, source: str) -> bytes:
-    if len(text) * 3 // 4 > policy.max_bytes + 3:
-        raise ImageLoadError(f"base64 image decodes to more than {policy.max_bytes} bytes", source=source)
-    try:
-        return base64.b64decode("".join(text.split()), validate=True)
-    except ValueError:
-        raise ImageLoadError("not valid base64", source=source) from None
-
-
 def encode_image(source: Any, policy: ImagePolicy = DEFAULT_POLICY) -> WireImage:
     """Turn any image input into its wire form without fetching URLs (see the module docstring)."""
-    desc = source if isinstance(source, str) and len(source) <= 200 else type(source).__name__
-    if isinstance(source, Image.Image):
-        img = load_image(source, policy)  # pixel cap, EXIF transpose, RGB — what a local scorer would see
+    got = resolve_source(source, policy)  # the local scorers' dispatch and checks
+    if got.url is not None:
+        return WireImage(url=got.url)
+    if got.image is not None:
+        img = load_image(got.image, policy)  # pixel cap, EXIF transpose, RGB — what a local scorer would see
         buf = io.BytesIO()
         img.save(buf, format="PNG")
         return WireImage(data=base64.b64encode(buf.getvalue()).decode("ascii"), mime="image/png")
-    if isinstance(source, (bytes, bytearray, memoryview)):
-        return _from_bytes(bytes(source), policy, f"{len(source)} bytes")
-    if isinstance(source, os.PathLike):
-        return _from_file(Path(source), policy, str(source))
-    if not isinstance(source, str):
-        raise ImageLoadError(f"cannot read an image from a {type(source).__name__}", source=str(desc))
-    text = source.strip()
-    if not text:
-        raise ImageLoadError("image reference is an empty string")
-    head = text[:16].lower()
-    if head.startswith(("http://", "https://")):
-        scheme = head.split(":", 1)[0]
-        if scheme not in policy.schemes:
-            raise ImageLoadError(f"URL scheme {scheme!r} is not allowed", source=text[:200])
-        return WireImage(url=text)
-    if head.startswith("data:"):
-        if "data" not in policy.schemes:
-            raise ImageLoadError("data: URIs are not allowed by this image policy", source=text[:40] + "...")
-        header, sep, payload = text.partition(",")
-        if not sep:
-            raise ImageLoadError("malformed data: URI (no comma)", source=text[:40] + "...")
-        if ";base64" in header:
-            data = _b64decode(payload, policy, text[:40] + "...")
-        else:
-            data = urllib.parse.unquote_to_bytes(payload)
-        return _from_bytes(data, policy, text[:40] + "...")
-    if head.startswith("file://"):
-        parsed = urllib.parse.urlsplit(text)
-        if parsed.netloc not in ("", "localhost"):
-            raise ImageLoadError("file:// URLs must name a local path", source=text[:200])
-        return _from_file(Path(urllib.parse.unquote(parsed.path)), policy, text[:200])
-    scheme = urllib.parse.urlsplit(text).scheme.lower()
-    if scheme and len(scheme) > 1 and "://" in text:
-        raise ImageLoadError(f"URL scheme {scheme!r} is not supported (use http, https, data or file)",
-                             source=text[:200])
-    if len(text) < 4096 and os.path.exists(text):
-        return _from_file(Path(text), policy, text)
-    if len(text) >= 64 and all(c.isalnum() or c in "+/=" for c in "".join(text[:256].split())):
-        if "data" not in policy.schemes:
-            raise ImageLoadError("inline base64 images are not allowed by this image policy",
-                                 source=f"{len(text)} chars of base64")
-        return _from_bytes(_b64decode(text, policy, "base64 image"), policy, f"{len(text)} chars of base64")
-    raise ImageLoadError("not an existing file, a URL, a data: URI or base64 image data", source=text[:200])
+    return _from_bytes(got.data, policy, got.source)  # type: ignore[arg-type]
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -486,10 +416,12 @@ class RemoteReranker(Reranker):
 
     # ------------------------------------------------------------------ inputs
     def _check_query(self, query: Query) -> None:
-        if query.has_image:
-            if self._dialect == "infinity":
-                raise UnsupportedInputError("the Infinity rerank API is text-only: it cannot take an image query")
-            self._wire_for(query)
+        if query.has_image and self._dialect == "infinity":
+            raise UnsupportedInputError("the Infinity rerank API is text-only: it cannot take an image query")
+        super()._check_query(query)
+
+    def _read_image(self, item: Document | Query) -> None:
+        self._wire_for(item)  # URLs untouched; local images read, checked and encoded once
 
     def _wire_for(self, item: Document | Query) -> WireImage:
         wire = self._wire.get(item)
@@ -499,29 +431,12 @@ class RemoteReranker(Reranker):
         return wire
 
     def _prepare_documents(self, documents: list[Document]) -> list[ImageLoadError | InputError | None]:
-        """Encode images for the wire (URLs untouched, local images read and checked); one error per document."""
-        errors: list[ImageLoadError | InputError | None] = [None] * len(documents)
-        for i, d in enumerate(documents):
-            if d.modality == "empty":
-                errors[i] = InputError(f"document {i}{_id_suffix(d)}: document has neither text nor image")
-            elif d.has_image and self._dialect == "infinity":
-                raise UnsupportedInputError(f"document {i}{_id_suffix(d)} has an image, but the Infinity rerank "
-                                            "API is text-only; use a jina or vllm server for images")
-        todo = [i for i, d in enumerate(documents) if d.has_image and errors[i] is None]
-
-        def encode(i: int) -> None:
-            try:
-                self._wire_for(documents[i])
-            except ImageLoadError as exc:
-                errors[i] = exc.for_document(i, documents[i].id)
-
-        if len(todo) <= 1:
-            for i in todo:
-                encode(i)
-        else:
-            with ThreadPoolExecutor(max_workers=min(self.image_workers, len(todo))) as pool:
-                list(pool.map(encode, todo))
-        return errors
+        if self._dialect == "infinity":
+            for i, d in enumerate(documents):
+                if d.has_image:
+                    raise UnsupportedInputError(f"document {i}{_id_suffix(d)} has an image, but the Infinity rerank "
+                                                "API is text-only; use a jina or vllm server for images")
+        return super()._prepare_documents(documents)
 
     # ------------------------------------------------------------------ request bodies
     def _query_payload(self, query: Query) -> Any:
@@ -648,6 +563,22 @@ class RemoteReranker(Reranker):
         return RemoteError(f"could not reach {_redact(self.url)} after {tries} attempts: "
                            f"{type(exc).__name__}: {exc}")
 
+    def _after_attempt(self, attempt: int, resp: httpx.Response | None, exc: Exception | None,
+                       n: int) -> tuple[Any, float | None]:
+        """``(answer, None)`` when the attempt succeeded, ``(None, delay)`` before a retry; raises when the
+        answer is a non-retryable error or the retries are spent. Shared by the sync and async paths."""
+        if resp is not None and resp.status_code < 300:
+            return self._parse(resp, n), None
+        if resp is not None and resp.status_code not in _RETRY_STATUS:
+            raise self._error(resp)
+        if attempt == self.max_retries:
+            raise self._give_up(resp, exc)
+        delay = self._wait(attempt, resp)
+        logger.info("mmrank remote: %s, retrying in %.2fs (%d/%d)",
+                    f"HTTP {resp.status_code}" if resp is not None else type(exc).__name__, delay,
+                    attempt + 1, self.max_retries)
+        return None, delay
+
     def _post(self, body: dict[str, Any], n: int) -> tuple[list[tuple[int, float]], int | None]:
         client = self._sync_client()
         for attempt in range(self.max_retries + 1):
@@ -656,16 +587,9 @@ class RemoteReranker(Reranker):
                 resp = client.post(self.url, json=body)
             except httpx.TransportError as e:  # connection refused/reset, timeouts, protocol errors
                 exc = e
-            if resp is not None and resp.status_code < 300:
-                return self._parse(resp, n)
-            if resp is not None and resp.status_code not in _RETRY_STATUS:
-                raise self._error(resp)
-            if attempt == self.max_retries:
-                raise self._give_up(resp, exc)
-            delay = self._wait(attempt, resp)
-            logger.info("mmrank remote: %s, retrying in %.2fs (%d/%d)",
-                        f"HTTP {resp.status_code}" if resp is not None else type(exc).__name__, delay,
-                        attempt + 1, self.max_retries)
+            answer, delay = self._after_attempt(attempt, resp, exc, n)
+            if delay is None:
+                return answer
             time.sleep(delay)
         raise AssertionError("unreachable")
 
@@ -677,16 +601,9 @@ class RemoteReranker(Reranker):
                 resp = await client.post(self.url, json=body)
             except httpx.TransportError as e:
                 exc = e
-            if resp is not None and resp.status_code < 300:
-                return self._parse(resp, n)
-            if resp is not None and resp.status_code not in _RETRY_STATUS:
-                raise self._error(resp)
-            if attempt == self.max_retries:
-                raise self._give_up(resp, exc)
-            delay = self._wait(attempt, resp)
-            logger.info("mmrank remote: %s, retrying in %.2fs (%d/%d)",
-                        f"HTTP {resp.status_code}" if resp is not None else type(exc).__name__, delay,
-                        attempt + 1, self.max_retries)
+            answer, delay = self._after_attempt(attempt, resp, exc, n)
+            if delay is None:
+                return answer
             await asyncio.sleep(delay)
         raise AssertionError("unreachable")
 
@@ -739,11 +656,7 @@ class RemoteReranker(Reranker):
                     on_error: OnError | None = None) -> list[RankedDocument]:
         """Real async: the HTTP requests run on the event loop (httpx.AsyncClient), sub-requests concurrently;
         only reading local images runs in a worker thread."""
-        policy = self._check_on_error(on_error)
-        if top_n is not None and (not isinstance(top_n, int) or top_n < 0):
-            raise InputError(f"top_n must be a non-negative integer or None, got {top_n!r}")
-        q = Query.coerce(query)
-        docs = coerce_documents(documents)
+        policy, q, docs = self._begin(query, documents, top_n, on_error)
         if not docs:
             return []
         await self._aresolve_dialect()
@@ -755,24 +668,10 @@ class RemoteReranker(Reranker):
             errors = await asyncio.to_thread(prepare)
         else:
             errors = self._prepare_documents(docs)
-        good = [i for i, e in enumerate(errors) if e is None]
-        bad = [i for i, e in enumerate(errors) if e is not None]
-        if bad and policy == "raise":
-            raise errors[bad[0]]  # type: ignore[misc]
-        for i in bad:
-            logger.warning("mmrank: %s — ranked last", errors[i])
-        ordered: list[RankedDocument] = []
-        if good:
-            pairs = await self._arank_documents(q, [docs[i] for i in good])
-            self._check_permutation(pairs, len(good))
-            ordered = [RankedDocument(index=good[j], score=float(s), document=docs[good[j]]) for j, s in pairs]
-        ordered.extend(RankedDocument(index=i, score=None, document=docs[i], error=str(errors[i])) for i in bad)
-        return ordered if top_n is None else ordered[:top_n]
+        good = self._good_documents(errors, policy)
+        pairs = await self._arank_documents(q, [docs[i] for i in good]) if good else []
+        return self._assemble(docs, errors, good, pairs, top_n)
 
     async def ascore(self, query: Any, documents: Sequence[Any] | Iterable[Any], *,
                      on_error: OnError | None = None) -> list[float | None]:
-        ranked = await self.arank(query, documents, on_error=on_error)
-        scores: list[float | None] = [None] * len(ranked)
-        for r in ranked:
-            scores[r.index] = r.score
-        return scores
+        return self._in_input_order(await self.arank(query, documents, on_error=on_error))
