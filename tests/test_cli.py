@@ -32,6 +32,13 @@ def test_rank_json_mixes_text_files_and_images(jina_dir, tmp_path):
     assert results[-1]["index"] == 3 and results[-1]["relevance_score"] is None and "corrupt" in results[-1]["error"]
     scores = [r["relevance_score"] for r in results[:-1]]
     assert scores == sorted(scores, reverse=True)
+    # --score-threshold keeps the scored documents at or above it, and still lists the unreadable one.
+    res = _run("rank", "--query", "what do pandas eat?", "--model", str(jina_dir), "--device", "cpu", "--json",
+               "--score-threshold", repr(scores[1]), "an inline passage", str(txt), str(img), str(broken))
+    assert res.returncode == 0, res.stderr
+    assert [r["index"] for r in json.loads(res.stdout)["results"]] == [r["index"] for r in results if
+                                                                       r["relevance_score"] is None
+                                                                       or r["relevance_score"] >= scores[1]]
 
 
 def test_rank_table_and_top_n(jina_dir):

@@ -47,6 +47,22 @@ def test_top_n_trims_only(jina_reranker):
         jina_reranker.rank("q", TEXTS, top_n=-1)
 
 
+
+def test_score_threshold_drops_only_scored_documents_below_it_then_top_n_trims(jina_reranker):
+    docs = [*TEXTS, b"not an image"]  # the last one cannot be read: it has no score and is never dropped
+    full = jina_reranker.rank("q", docs)
+    cut = full[2].score  # keeps the best three scored documents (ties aside)
+    kept = jina_reranker.rank("q", docs, score_threshold=cut)
+    assert [r.index for r in kept] == [r.index for r in full if r.score is None or r.score >= cut]
+    assert kept[-1].index == 5 and kept[-1].error and len(kept) == 4
+    # The threshold applies before top_n: top_n counts what the threshold kept.
+    assert [r.index for r in jina_reranker.rank("q", docs, top_n=2, score_threshold=cut)] == [r.index for r in full[:2]]
+    assert [r.index for r in asyncio.run(jina_reranker.arank("q", docs, score_threshold=cut))] == [r.index for r in kept]
+    assert [r.index for r in jina_reranker.rank("q", docs, score_threshold=2.0)] == [5]
+    for bad in (float("nan"), "0.5", True):
+        with pytest.raises(InputError, match="score_threshold must be a number"):
+            jina_reranker.rank("q", docs, score_threshold=bad)
+
 def test_empty_inputs(jina_reranker):
     assert jina_reranker.rank("q", []) == []
     with pytest.raises(InputError, match="query is empty"):

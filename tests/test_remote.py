@@ -258,6 +258,12 @@ async def test_async_uses_async_client_with_bounded_concurrency():
     assert [(x.index, x.score) for x in ranked] == _expected(docs)
     scores = await r.ascore("q", docs)
     assert scores == [dict(_expected(docs))[i] for i in range(40)]
+    # The threshold is applied on the merged scores (never sent: servers do not share one), then top_n.
+    cut = _expected(docs)[9][1]
+    kept = await r.arank("q", docs, top_n=5, score_threshold=cut)
+    assert [(x.index, x.score) for x in kept] == _expected(docs)[:5]
+    assert [x.index for x in await r.arank("q", docs, score_threshold=cut)] == [i for i, s in _expected(docs)
+                                                                                if s >= cut]
     await r.aclose()
 
 

@@ -135,14 +135,10 @@ class MMRankRerank(BaseDocumentCompressor):
             for d in documents
         ]
 
-    def _rank_top_n(self) -> int | None:
-        return None if self.score_threshold is not None else self.top_n
+    def _rank_options(self) -> dict[str, Any]:
+        return {"top_n": self.top_n, "score_threshold": self.score_threshold, "on_error": self.on_error}
 
     def _results(self, ranked: list[mmrank.RankedDocument]) -> list[Document]:
-        if self.score_threshold is not None:
-            ranked = [r for r in ranked if r.score is None or r.score >= self.score_threshold]
-        if self.top_n is not None:
-            ranked = ranked[: self.top_n]
         out = []
         for r in ranked:
             doc: Document = r.payload
@@ -167,7 +163,7 @@ class MMRankRerank(BaseDocumentCompressor):
         """Rerank ``documents`` for ``query``; return copies of the best ``top_n``, best first."""
         if not documents:
             return []
-        ranked = self.scorer.rank(query, self._documents(documents), top_n=self._rank_top_n(), on_error=self.on_error)
+        ranked = self.scorer.rank(query, self._documents(documents), **self._rank_options())
         return self._results(ranked)
 
     async def acompress_documents(
@@ -179,7 +175,5 @@ class MMRankRerank(BaseDocumentCompressor):
         """Async :meth:`compress_documents`; the model runs in a worker thread, the event loop stays free."""
         if not documents:
             return []
-        ranked = await self.scorer.arank(
-            query, self._documents(documents), top_n=self._rank_top_n(), on_error=self.on_error
-        )
+        ranked = await self.scorer.arank(query, self._documents(documents), **self._rank_options())
         return self._results(ranked)

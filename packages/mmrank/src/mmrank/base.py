@@ -87,10 +87,11 @@ class Reranker(ABC):
 
     # ------------------------------------------------------------------ public API
     def rank(self, query: Any, documents: Sequence[Any] | Iterable[Any], top_n: int | None = None, *,
-             on_error: OnError | None = None) -> list[RankedDocument]:
-        """Rank ``documents`` for ``query``; best first. Every input document appears exactly once
-        (only ``top_n`` trims), documents that could not be read come last with ``error`` set."""
-        policy, q, docs = self._begin(query, documents, top_n, on_error)
+             score_threshold: float | None = None, on_error: OnError | None = None) -> list[RankedDocument]:
+        """Rank ``documents`` for ``query``; best first. Every input document appears exactly once, except
+        that ``score_threshold`` drops scored documents below it and then ``top_n`` trims; documents that
+        could not be read come last with ``error`` set (a threshold never drops them: they have no score)."""
+        policy, q, docs = self._begin(query, documents, top_n, score_threshold, on_error)
         if not docs:
             return []
         self._check_query(q)
@@ -100,7 +101,7 @@ class Reranker(ABC):
         if good:
             with self._model_lock:
                 pairs = self._rank_documents(q, [docs[i] for i in good])
-        return self._assemble(docs, errors, good, pairs, top_n)
+        return self._assemble(docs, errors, good, pairs, top_n, score_threshold)
 
     def score(self, query: Any, documents: Sequence[Any] | Iterable[Any], *,
               on_error: OnError | None = None) -> list[float | None]:
@@ -108,9 +109,10 @@ class Reranker(ABC):
         return self._in_input_order(self.rank(query, documents, on_error=on_error))
 
     async def arank(self, query: Any, documents: Sequence[Any] | Iterable[Any], top_n: int | None = None, *,
-                    on_error: OnError | None = None) -> list[RankedDocument]:
+                    score_threshold: float | None = None, on_error: OnError | None = None) -> list[RankedDocument]:
         """Async :meth:`rank`: the model runs in a worker thread, so the event loop is never blocked."""
-        return await asyncio.to_thread(self.rank, query, list(documents), top_n, on_error=on_error)
+        return await asyncio.to_thread(self.rank, query, list(documents), top_n, score_threshold=score_threshold,
+                                       on_error=on_error)
 
     async def ascore(self, query: Any, documents: Sequence[Any] | Iterable[Any], *,
                      on_error: OnError | None = None) -> list[float | None]:
@@ -171,12 +173,16 @@ class Reranker(ABC):
             raise InputError(f"on_error must be one of {ON_ERROR_CHOICES}, got {policy!r}")
         return policy
 
-    def _begin(self, query: Any, documents: Any, top_n: int | None,
+    def _begin(self, query: Any, documents: Any, top_n: int | None, score_threshold: float | None,
                on_error: OnError | None) -> tuple[OnError, Query, list[Document]]:
         """Check the call's arguments; coerce the query and the documents."""
         policy = self._check_on_error(on_error)
-        if top_n is not None and (not isinstance(top_n, int) or top_n < 0):
+        if top_n is not None and (isinstance(top_n, bool) or not isinstance(top_n, int) or top_n < 0):
             raise InputError(f"top_n must be a non-negative integer or None, got {top_n!r}")
+        if score_threshold is not None and (isinstance(score_threshold, bool)
+                                            or not isinstance(score_threshold, (int, float))
+                                            or math.isnan(score_threshold)):
+            raise InputError(f"score_threshold must be a number or None, got {score_threshold!r}")
         return policy, Query.coerce(query), coerce_documents(documents)
 
     @staticmethod
@@ -190,10 +196,13 @@ class Reranker(ABC):
         return [i for i, e in enumerate(errors) if e is None]
 
     def _assemble(self, docs: list[Document], errors: list[ImageLoadError | InputError | None], good: list[int],
-                  pairs: list[tuple[int, float]], top_n: int | None) -> list[RankedDocument]:
-        """The ranking of the readable documents (positions within ``good``), then the unreadable ones."""
+                  pairs: list[tuple[int, float]], top_n: int | None,
+                  score_threshold: float | None) -> list[RankedDocument]:
+        """The ranking of the readable documents (positions within ``good``) at or above the threshold, then
+        the unreadable ones; the best ``top_n`` of that."""
         self._check_permutation(pairs, len(good))
-        ordered = [RankedDocument(index=good[j], score=float(s), document=docs[good[j]]) for j, s in pairs]
+        ordered = [RankedDocument(index=good[j], score=float(s), document=docs[good[j]]) for j, s in pairs
+                   if score_threshold is None or float(s) >= score_threshold]
         ordered.extend(RankedDocument(index=i, score=None, document=docs[i], error=str(e))
                        for i, e in enumerate(errors) if e is not None)
         return ordered if top_n is None else ordered[:top_n]

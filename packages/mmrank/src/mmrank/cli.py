@@ -94,7 +94,8 @@ def cmd_rank(args: argparse.Namespace) -> int:
     docs = [_document_arg(d, i) for i, d in enumerate(args.documents)]
     reranker = load_reranker(args.mode, args.model, show_progress=not args.quiet and not args.json,
                              **_scorer_kwargs(args))
-    ranked = reranker.rank(query, docs, top_n=args.top_n, on_error=args.on_error)
+    ranked = reranker.rank(query, docs, top_n=args.top_n, score_threshold=args.score_threshold,
+                           on_error=args.on_error)
     if args.json:
         out = {"model": reranker.model_name,
                "results": [r.to_dict(include_document=args.return_documents) for r in ranked]}
@@ -122,6 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--query", "-q", help="query text")
     p.add_argument("--query-image", help="query image (path or URL)")
     p.add_argument("--top-n", type=int, default=None)
+    p.add_argument("--score-threshold", type=float, default=None,
+                   help="drop scored documents below this score (unreadable ones are still listed)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--return-documents", action="store_true", help="with --json, include document text")
     p.add_argument("--on-error", default="last", choices=["last", "raise"],

@@ -439,32 +439,20 @@ class RemoteReranker(Reranker):
         return super()._prepare_documents(documents)
 
     # ------------------------------------------------------------------ request bodies
-    def _query_payload(self, query: Query) -> Any:
-        if not query.has_image:
-            return query.text
-        wire = self._wire_for(query)
+    def _payload(self, item: Query | Document) -> Any:
+        """The wire form of a query or document: a plain string when it has no image (understood by every
+        dialect), else the dialect's multimodal object."""
+        if not item.has_image:
+            return item.text
+        wire = self._wire_for(item)
         if self._dialect == "vllm":
             parts: list[dict[str, Any]] = [{"type": "image_url", "image_url": {"url": wire.data_uri()}}]
-            if query.has_text:
-                parts.append({"type": "text", "text": query.text})
+            if item.has_text:
+                parts.append({"type": "text", "text": item.text})
             return {"content": parts}
         out: dict[str, Any] = {"image": wire.bare()}
-        if query.has_text:
-            out["text"] = query.text
-        return out
-
-    def _doc_payload(self, doc: Document) -> Any:
-        if not doc.has_image:
-            return doc.text  # a plain string: understood by every dialect
-        wire = self._wire_for(doc)
-        if self._dialect == "vllm":
-            parts: list[dict[str, Any]] = [{"type": "image_url", "image_url": {"url": wire.data_uri()}}]
-            if doc.has_text:
-                parts.append({"type": "text", "text": doc.text})
-            return {"content": parts}
-        out: dict[str, Any] = {"image": wire.bare()}
-        if doc.has_text:
-            out["text"] = doc.text
+        if item.has_text:
+            out["text"] = item.text
         return out
 
     def _body(self, query_payload: Any, docs: list[Any]) -> dict[str, Any]:
@@ -609,8 +597,8 @@ class RemoteReranker(Reranker):
 
     # ------------------------------------------------------------------ ranking
     def _requests(self, query: Query, documents: list[Document]) -> list[tuple[int, int, dict[str, Any]]]:
-        qp = self._query_payload(query)
-        payloads = [self._doc_payload(d) for d in documents]
+        qp = self._payload(query)
+        payloads = [self._payload(d) for d in documents]
         return [(a, b, self._body(qp, payloads[a:b])) for a, b in self._chunks(payloads)]
 
     @staticmethod
@@ -648,15 +636,15 @@ class RemoteReranker(Reranker):
         return merged
 
     def rank(self, query: Any, documents: Sequence[Any] | Iterable[Any], top_n: int | None = None, *,
-             on_error: OnError | None = None) -> list[RankedDocument]:
+             score_threshold: float | None = None, on_error: OnError | None = None) -> list[RankedDocument]:
         self._resolve_dialect()
-        return super().rank(query, documents, top_n, on_error=on_error)
+        return super().rank(query, documents, top_n, score_threshold=score_threshold, on_error=on_error)
 
     async def arank(self, query: Any, documents: Sequence[Any] | Iterable[Any], top_n: int | None = None, *,
-                    on_error: OnError | None = None) -> list[RankedDocument]:
+                    score_threshold: float | None = None, on_error: OnError | None = None) -> list[RankedDocument]:
         """Real async: the HTTP requests run on the event loop (httpx.AsyncClient), sub-requests concurrently;
         only reading local images runs in a worker thread."""
-        policy, q, docs = self._begin(query, documents, top_n, on_error)
+        policy, q, docs = self._begin(query, documents, top_n, score_threshold, on_error)
         if not docs:
             return []
         await self._aresolve_dialect()
@@ -670,7 +658,7 @@ class RemoteReranker(Reranker):
             errors = self._prepare_documents(docs)
         good = self._good_documents(errors, policy)
         pairs = await self._arank_documents(q, [docs[i] for i in good]) if good else []
-        return self._assemble(docs, errors, good, pairs, top_n)
+        return self._assemble(docs, errors, good, pairs, top_n, score_threshold)
 
     async def ascore(self, query: Any, documents: Sequence[Any] | Iterable[Any], *,
                      on_error: OnError | None = None) -> list[float | None]:

@@ -157,10 +157,6 @@ class MMRankRerank(BaseNodePostprocessor):
         return docs
 
     def _results(self, ranked: list[mmrank.RankedDocument]) -> list[NodeWithScore]:
-        if self.score_threshold is not None:
-            ranked = [r for r in ranked if r.score is None or r.score >= self.score_threshold]
-        if self.top_n is not None:
-            ranked = ranked[: self.top_n]
         out = []
         for r in ranked:
             nws: NodeWithScore = r.payload
@@ -175,9 +171,8 @@ class MMRankRerank(BaseNodePostprocessor):
             out.append(NodeWithScore(node=node, score=r.score))
         return out
 
-    def _rank_top_n(self) -> int | None:
-        # A threshold must see every score before top_n trims.
-        return None if self.score_threshold is not None else self.top_n
+    def _rank_options(self) -> dict[str, Any]:
+        return {"top_n": self.top_n, "score_threshold": self.score_threshold, "on_error": self.on_error}
 
     def _start(self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None) -> None:
         dispatcher.event(
@@ -211,7 +206,7 @@ class MMRankRerank(BaseNodePostprocessor):
             return []
         query, docs = self._query(query_bundle), self._documents(nodes)
         with self.callback_manager.event(CBEventType.RERANKING, payload=self._cb_payload(nodes, query_bundle)) as event:
-            ranked = self.reranker.rank(query, docs, top_n=self._rank_top_n(), on_error=self.on_error)
+            ranked = self.reranker.rank(query, docs, **self._rank_options())
             new_nodes = self._results(ranked)
             event.on_end(payload={EventPayload.NODES: new_nodes})
         dispatcher.event(ReRankEndEvent(nodes=new_nodes))
@@ -231,7 +226,7 @@ class MMRankRerank(BaseNodePostprocessor):
         query, docs = self._query(query_bundle), self._documents(nodes)
         with self.callback_manager.event(CBEventType.RERANKING, payload=self._cb_payload(nodes, query_bundle)) as event:
             # mmrank runs the model (and image reading) in a worker thread: the event loop stays free.
-            ranked = await self.reranker.arank(query, docs, top_n=self._rank_top_n(), on_error=self.on_error)
+            ranked = await self.reranker.arank(query, docs, **self._rank_options())
             new_nodes = self._results(ranked)
             event.on_end(payload={EventPayload.NODES: new_nodes})
         dispatcher.event(ReRankEndEvent(nodes=new_nodes))

@@ -255,19 +255,17 @@ class MMRankRanker:
         return None  # e.g. the .txt/.pdf a text Document was converted from: its text is scored
 
     def _prepare(self, query: str | ImageContent, documents: list[Document], top_k: int | None,
-                 score_threshold: float | None) -> tuple[mmrank.Query, list[mmrank.Document], int | None]:
+                 score_threshold: float | None) -> tuple[mmrank.Query, list[mmrank.Document], dict[str, Any]]:
+        """The core's query, documents and rank options; run-time values override those set at init."""
+        top_k = self.top_k if top_k is None else top_k
         if top_k is not None and top_k <= 0:
             raise ValueError(f"top_k must be > 0, but got {top_k}")
         docs = [mmrank.Document(text=self._text(d), image=self._image(d), id=d.id, payload=d) for d in documents]
-        # A threshold must see every score before top_k trims.
-        return self._query(query), docs, top_k if score_threshold is None else None
+        options = {"top_n": top_k, "on_error": self.on_error,
+                   "score_threshold": self.score_threshold if score_threshold is None else score_threshold}
+        return self._query(query), docs, options
 
-    def _results(self, ranked: list[mmrank.RankedDocument], top_k: int | None,
-                 score_threshold: float | None) -> list[Document]:
-        if score_threshold is not None:
-            ranked = [r for r in ranked if r.score is None or r.score >= score_threshold]
-        if top_k is not None:
-            ranked = ranked[:top_k]
+    def _results(self, ranked: list[mmrank.RankedDocument]) -> list[Document]:
         out = []
         for r in ranked:
             doc: Document = r.payload
@@ -278,10 +276,6 @@ class MMRankRanker:
                 meta[ERROR_KEY] = r.error
             out.append(replace(doc, score=r.score, meta=meta))  # a copy: the caller's Document is untouched
         return out
-
-    def _settings(self, top_k: int | None, score_threshold: float | None) -> tuple[int | None, float | None]:
-        return (self.top_k if top_k is None else top_k,
-                self.score_threshold if score_threshold is None else score_threshold)
 
     # ------------------------------------------------------------------ run
     @component.output_types(documents=list[Document])
@@ -303,14 +297,12 @@ class MMRankRanker:
             - `documents`: copies of the Documents with `score` set, best first.
         :raises ValueError: If `top_k` is not > 0.
         """
-        top_k, score_threshold = self._settings(top_k, score_threshold)
         if not documents:
             return {"documents": []}
-        q, docs, core_top = self._prepare(query, documents, top_k, score_threshold)
+        q, docs, options = self._prepare(query, documents, top_k, score_threshold)
         self.warm_up()
         assert self._reranker is not None
-        ranked = self._reranker.rank(q, docs, top_n=core_top, on_error=self.on_error)
-        return {"documents": self._results(ranked, top_k, score_threshold)}
+        return {"documents": self._results(self._reranker.rank(q, docs, **options))}
 
     @component.output_types(documents=list[Document])
     async def run_async(
@@ -332,14 +324,12 @@ class MMRankRanker:
             - `documents`: copies of the Documents with `score` set, best first.
         :raises ValueError: If `top_k` is not > 0.
         """
-        top_k, score_threshold = self._settings(top_k, score_threshold)
         if not documents:
             return {"documents": []}
-        q, docs, core_top = self._prepare(query, documents, top_k, score_threshold)
+        q, docs, options = self._prepare(query, documents, top_k, score_threshold)
         await self.warm_up_async()
         assert self._reranker is not None
-        ranked = await self._reranker.arank(q, docs, top_n=core_top, on_error=self.on_error)
-        return {"documents": self._results(ranked, top_k, score_threshold)}
+        return {"documents": self._results(await self._reranker.arank(q, docs, **options))}
 
 
 def _same_root(a: str | None, b: str) -> bool:
