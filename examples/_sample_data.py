@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from PIL import Image, ImageDraw
@@ -50,3 +52,19 @@ def parse_args(description: str):
 def scorer_options(args) -> dict:
     """Options for mmrank.load_reranker / the adapters' reranker_kwargs from the command line."""
     return {"load_format": args.load_format} if args.load_format != "auto" else {}
+
+
+def run(main: Callable[[], None]) -> None:
+    """Run an example's ``main``; a model that cannot be loaded (offline, wrong path) ends the script with
+    mmrank's message on how to fix it instead of a traceback, even when a framework wrapped the error."""
+    import mmrank
+
+    try:
+        main()
+    except Exception as exc:
+        err: BaseException | None = exc
+        while err is not None and not isinstance(err, mmrank.ModelLoadError):
+            err = err.__cause__ or err.__context__
+        if err is None:
+            raise
+        sys.exit(f"error: {err}")

@@ -8,7 +8,7 @@ Image Documents carry their image as meta["file_path"] (what ImageFileToDocument
 
 from __future__ import annotations
 
-from _sample_data import QUERY, TEXTS, make_images, parse_args, scorer_options
+from _sample_data import QUERY, TEXTS, make_images, parse_args, run, scorer_options
 from haystack import Document, Pipeline
 from haystack.components.retrievers.in_memory import InMemoryBM25Retriever
 from haystack.dataclasses import ByteStream
@@ -42,4 +42,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -9,7 +9,7 @@ The vector store uses LangChain's fake embedding so that the example runs offlin
 
 from __future__ import annotations
 
-from _sample_data import QUERY, TEXTS, make_images, parse_args, scorer_options
+from _sample_data import QUERY, TEXTS, make_images, parse_args, run, scorer_options
 from langchain_classic.retrievers import ContextualCompressionRetriever
 from langchain_core.documents import Document
 from langchain_core.embeddings import DeterministicFakeEmbedding
@@ -37,4 +37,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

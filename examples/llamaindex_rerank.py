@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 
-from _sample_data import QUERY, TEXTS, make_images, parse_args, scorer_options
+from _sample_data import QUERY, TEXTS, make_images, parse_args, run, scorer_options
 from llama_index.core import VectorStoreIndex
 from llama_index.core.base.embeddings.base import BaseEmbedding
 from llama_index.core.llms import MockLLM
@@ -62,4 +62,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

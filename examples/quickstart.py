@@ -8,7 +8,7 @@
 from __future__ import annotations
 
 import mmrank
-from _sample_data import QUERY, TEXTS, make_images, parse_args, scorer_options
+from _sample_data import QUERY, TEXTS, make_images, parse_args, run, scorer_options
 
 
 def main() -> None:
@@ -33,4 +33,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

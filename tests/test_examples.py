@@ -68,3 +68,14 @@ def test_example_scripts_default_to_the_real_model():
     for name in EXAMPLES:
         text = (ROOT / "examples" / name).read_text()
         assert "parse_args(" in text and 'if __name__ == "__main__":' in text, name
+
+
+@pytest.mark.parametrize("name", ["quickstart.py", "haystack_rerank.py"])  # haystack: through its Pipeline
+def test_an_unloadable_model_ends_the_example_with_the_fix_not_a_traceback(name, tmp_path):
+    env = {**os.environ, "HAYSTACK_TELEMETRY_ENABLED": "False", "HF_HUB_OFFLINE": "1"}
+    missing = tmp_path / "no-such-copy"
+    proc = subprocess.run([sys.executable, str(ROOT / "examples" / name), "--model", str(missing), "--device", "cpu"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    assert "\nerror: model path" in "\n" + proc.stderr and "config.json" in proc.stderr, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
