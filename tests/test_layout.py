@@ -1,0 +1,83 @@
+"""The monorepo's layering, read from the sources: the core imports no framework and declares every
+third-party package it imports; each adapter imports only the standard library, its framework and mmrank,
+and depends on nothing else."""
+
+from __future__ import annotations
+
+import ast
+import re
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+FRAMEWORKS = ("llama_index", "langchain", "langchain_core", "langchain_classic", "haystack", "haystack_integrations")
+# Import name -> distribution name where they differ.
+DISTRIBUTION = {"PIL": "pillow", "yaml": "pyyaml"}
+
+ADAPTERS = {
+    # package folder: (source folder, own import prefix, allowed third-party imports, framework distributions)
+    "llama-index-postprocessor-mmrank-rerank": ("llama_index", "llama_index.postprocessor.mmrank_rerank",
+                                                {"llama_index"}, {"llama-index-core"}),
+    # pydantic is LangChain's model layer (langchain-core depends on it); its own integrations import it.
+    "langchain-mmrank": ("langchain_mmrank", "langchain_mmrank", {"langchain_core", "pydantic"},
+                         {"langchain-core", "langchain-classic"}),
+    "mmrank-haystack": ("src/haystack_integrations", "haystack_integrations.components.rankers.mmrank",
+                        {"haystack"}, {"haystack-ai"}),
+}
+
+
+def _imports(folder: Path) -> dict[str, set[str]]:
+    """Absolute imports (full dotted names) under ``folder`` → the files that make them."""
+    found: dict[str, set[str]] = {}
+    for f in folder.rglob("*.py"):
+        for node in ast.walk(ast.parse(f.read_text(), filename=str(f))):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            for name in names:
+                found.setdefault(name, set()).add(str(f.relative_to(ROOT)))
+    return found
+
+
+def _third_party(imports: dict[str, set[str]]) -> dict[str, set[str]]:
+    return {n: fs for n, fs in imports.items() if n.split(".")[0] not in sys.stdlib_module_names
+            and n.split(".")[0] != "__future__"}
+
+
+def _declared(pyproject: Path) -> set[str]:
+    project = tomllib.loads(pyproject.read_text())["project"]
+    reqs = list(project.get("dependencies", []))
+    for extra in project.get("optional-dependencies", {}).values():
+        reqs += extra
+    return {re.split(r"[\s<>=!~\[;]", r, maxsplit=1)[0].lower().replace("_", "-") for r in reqs}
+
+
+def test_the_core_imports_no_framework_and_declares_what_it_imports():
+    used = _third_party(_imports(ROOT / "packages/mmrank/src/mmrank"))
+    tops = {n.split(".")[0] for n in used} - {"mmrank"}
+    frameworks = {n: fs for n, fs in used.items() if n.split(".")[0] in FRAMEWORKS}
+    assert not frameworks, f"the core imports frameworks: {frameworks}"
+    declared = _declared(ROOT / "packages/mmrank/pyproject.toml")
+    undeclared = {t for t in tops if DISTRIBUTION.get(t, t).lower().replace("_", "-") not in declared}
+    assert not undeclared, f"imported by the core but not in its pyproject: {undeclared}"
+    assert not declared & {"llama-index-core", "langchain-core", "haystack-ai"}
+
+
+@pytest.mark.parametrize("package", ADAPTERS)
+def test_each_adapter_imports_only_its_framework_and_the_core(package):
+    source, own, allowed, framework_dists = ADAPTERS[package]
+    used = _third_party(_imports(ROOT / "packages" / package / source))
+    wrong = {n: fs for n, fs in used.items()
+             if not (n == "mmrank" or n.startswith("mmrank.") or n == own or n.startswith(own + ".")
+                     or n.split(".")[0] in allowed)}
+    assert not wrong, f"{package} imports outside its framework and mmrank: {wrong}"
+    # Not another adapter's framework either (haystack_integrations is the namespace of our own ranker).
+    other = {n for n in used if n.split(".")[0] in FRAMEWORKS and n.split(".")[0] not in allowed
+             and not n.startswith(own)}
+    assert not other
+    assert _declared(ROOT / "packages" / package / "pyproject.toml") <= framework_dists | {"mmrank"}
