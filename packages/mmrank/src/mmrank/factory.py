@@ -14,6 +14,24 @@ DEVICE_MODES = ("pointwise", "listwise", "pairwise")
 BATCH_MODES = ("pointwise", "pairwise")
 
 
+def check_settings(mode: str, *, device: Any = None, batch_size: int | None = None, url: str | None = None,
+                   api_key: str | None = None) -> dict[str, Any]:
+    """The settings that were given (not ``None``), after checking that ``mode`` is known and uses each of
+    them; :class:`InputError` (a ``ValueError``) otherwise. Integrations call it to fail at construction."""
+    if mode not in MODES:
+        raise InputError(f"unknown mode {mode!r}; use one of {MODES}")
+    given = {}
+    for name, value, modes in (("device", device, DEVICE_MODES), ("batch_size", batch_size, BATCH_MODES),
+                               ("url", url, ("remote",)), ("api_key", api_key, ("remote",))):
+        if value is None:
+            continue
+        if mode not in modes:
+            raise InputError(f"{name} applies to modes {', '.join(modes)}, not {mode!r}; pass that scorer's "
+                             "own options instead")
+        given[name] = value
+    return given
+
+
 def load_reranker(mode: str = "pointwise", /, model: str | None = None, *, device: Any = None,
                   batch_size: int | None = None, url: str | None = None, api_key: str | None = None,
                   **kwargs: Any) -> Reranker:
@@ -30,16 +48,7 @@ def load_reranker(mode: str = "pointwise", /, model: str | None = None, *, devic
     listwise scorer's own ``mode`` (``"generate"`` / ``"single_pass"``) passes through:
     ``load_reranker("listwise", m, mode="single_pass")``.
     """
-    if mode not in MODES:
-        raise InputError(f"unknown mode {mode!r}; use one of {MODES}")
-    for name, value, modes in (("device", device, DEVICE_MODES), ("batch_size", batch_size, BATCH_MODES),
-                               ("url", url, ("remote",)), ("api_key", api_key, ("remote",))):
-        if value is None:
-            continue
-        if mode not in modes:
-            raise InputError(f"{name} applies to modes {', '.join(modes)}, not {mode!r}; pass that scorer's "
-                             "own options instead")
-        kwargs[name] = value
+    kwargs.update(check_settings(mode, device=device, batch_size=batch_size, url=url, api_key=api_key))
     if mode == "pointwise":
         from .pointwise import DEFAULT_MODEL, JinaRerankerM0
 

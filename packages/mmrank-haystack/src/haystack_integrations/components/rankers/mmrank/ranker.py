@@ -22,7 +22,7 @@ from haystack.dataclasses import ImageContent
 from haystack.utils import ComponentDevice, Secret, deserialize_secrets_inplace
 
 import mmrank
-from mmrank.factory import BATCH_MODES, DEVICE_MODES
+from mmrank.factory import DEVICE_MODES, check_settings
 
 logger = logging.getLogger(__name__)
 
@@ -113,9 +113,7 @@ class MMRankRanker:
             raise ValueError(f"top_k must be > 0, but got {top_k}")
         if on_error not in ("last", "raise"):
             raise ValueError(f"on_error must be 'last' or 'raise', got {on_error!r}")
-        if batch_size is not None and mode not in BATCH_MODES:
-            raise ValueError(f"batch_size applies to modes {', '.join(BATCH_MODES)}, not {mode!r}; pass that "
-                             "scorer's own options in reranker_kwargs")
+        check_settings(mode, batch_size=batch_size)  # ValueError now rather than at warm_up
         if reranker is not None:
             if not isinstance(reranker, mmrank.Reranker):
                 raise TypeError(f"reranker must be an mmrank.Reranker, got {type(reranker).__name__}")
