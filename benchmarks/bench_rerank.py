@@ -13,7 +13,7 @@ Systems, all on one model object (identical weights; the reference wraps the ver
 * ``ours:*`` — mmrank's pointwise scorer (``JinaRerankerM0.score``), one row per speed step, each step
   adding to the previous one (cold image-feature cache), then the library defaults, then a warm cache
   (the same pages for another query);
-* ``listwise:*`` — mmrank's listwise scorer (generative and single-pass), when ``mmrank.listwise`` exists.
+* ``listwise:*`` — mmrank's listwise scorer (generative and single-pass), when ``mmrank.scorers.listwise`` exists.
 
 Workloads: ``text`` (N documents of ~500 tokens), ``image`` (N document pages at the maximum pixel budget:
 896x672 = 768 visual tokens, PNG files read from disk), ``mixed`` (half each). On a GPU the model is the
@@ -49,7 +49,7 @@ if str(ROOT) not in sys.path:
 
 import torch  # noqa: E402
 from mmrank import Document  # noqa: E402
-from mmrank.pointwise import JinaRerankerM0  # noqa: E402
+from mmrank.scorers.pointwise import JinaRerankerM0  # noqa: E402
 
 from benchmarks.reference_jina import ReferenceJinaM0  # noqa: E402
 
@@ -152,7 +152,7 @@ def workload_flops(ranker: JinaRerankerM0, workload: Workload, query: str) -> di
     for d in docs:
         if d.has_image:
             d.load_image(ranker.image_policy)
-    from mmrank.documents import Query
+    from mmrank.inputs.documents import Query
 
     items = ranker._plan(Query(text=query), docs)
     cfg = ranker.model.config
@@ -282,8 +282,8 @@ class Settings:
             elif k == "compile":
                 if v:
                     if self._compiled is None:
-                        from mmrank.features import VisionEncoder
-                        from mmrank.pointwise import _decoder_layer
+                        from mmrank.models.features import VisionEncoder
+                        from mmrank.scorers.pointwise import _decoder_layer
 
                         self._compiled = (VisionEncoder(r.model.model.visual, compile_blocks=True),
                                           torch.compile(_decoder_layer, dynamic=True))
@@ -296,9 +296,9 @@ class Settings:
 
 def listwise_systems(args, device) -> list[tuple[str, Any]]:
     try:
-        import mmrank.listwise  # noqa: F401
+        import mmrank.scorers.listwise  # noqa: F401
     except ImportError as exc:
-        print(f"note: mmrank.listwise is not available ({exc}); listwise rows skipped")
+        print(f"note: mmrank.scorers.listwise is not available ({exc}); listwise rows skipped")
         return []
     try:
         from mmrank import ListwiseReranker
@@ -321,7 +321,7 @@ def listwise_systems(args, device) -> list[tuple[str, Any]]:
 # ---------------------------------------------------------------------------------------------- throughput
 def plain_throughput(ranker: JinaRerankerM0, device: torch.device, quick: bool) -> dict[str, Any]:
     """Tokens/s of the language model and images/s of the vision encoder, with random inputs."""
-    from mmrank.features import VisionEncoder
+    from mmrank.models.features import VisionEncoder
 
     out: dict[str, Any] = {}
     lm = ranker.model.model.language_model

@@ -19,8 +19,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
-from mmrank.features import VisionEncoder  # noqa: E402
-from mmrank.pointwise import JinaRerankerM0  # noqa: E402
+from mmrank.models.features import VisionEncoder  # noqa: E402
+from mmrank.scorers.pointwise import JinaRerankerM0  # noqa: E402
 from torch.nn.attention import SDPBackend, sdpa_kernel  # noqa: E402
 
 from benchmarks.bench_rerank import lm_flops, vision_flops  # noqa: E402

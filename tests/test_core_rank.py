@@ -141,7 +141,7 @@ def test_async_equals_sync(jina_reranker):
 
 def test_unknown_document_shape():
     with pytest.raises(InputError, match="document 1"):
-        from mmrank.documents import coerce_documents
+        from mmrank.inputs.documents import coerce_documents
 
         coerce_documents(["ok", 42])
     with pytest.raises(InputError, match="unknown document field"):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 from mmrank import Document, JinaRerankerM0
-from mmrank.features import FeatureCache, VisionEncoder
+from mmrank.models.features import FeatureCache, VisionEncoder
 from mmrank_testkit import sample_image, sample_page
 
 

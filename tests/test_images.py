@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from mmrank import ImageLoadError, ImagePolicy, load_image
-from mmrank.images import check_url_host, image_fingerprint
+from mmrank.inputs.images import check_url_host, image_fingerprint
 from mmrank_testkit import sample_image, sample_image_bytes
 from PIL import Image
 
@@ -134,7 +134,7 @@ def test_strict_fetch_connects_to_the_checked_address(monkeypatch):
     """DNS rebinding: the address that passed the check is the one connected to (Host header and TLS name
     keep the original host)."""
     import httpx
-    from mmrank import images
+    from mmrank.inputs import images
 
     seen = {}
 

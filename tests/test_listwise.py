@@ -7,9 +7,9 @@ from __future__ import annotations
 import pytest
 import torch
 from mmrank import Document, IdentifierTokenError, InputError, ListwiseReranker, ModelLoadError, load_reranker
-from mmrank.listwise import MULTIMODAL_PROMPT, TEXT_PROMPT
-from mmrank.permutation import make_identifiers, parse_permutation, rank_scores, sliding_windows
-from mmrank.processing import IMAGE_PAD
+from mmrank.models.processing import IMAGE_PAD
+from mmrank.ranking.permutation import make_identifiers, parse_permutation, rank_scores, sliding_windows
+from mmrank.scorers.listwise import MULTIMODAL_PROMPT, TEXT_PROMPT
 from mmrank_testkit import sample_image, sample_page, tiny_model_dir
 from transformers import AutoModelForImageTextToText, AutoTokenizer
 

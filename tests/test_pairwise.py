@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 import torch
 from mmrank import Document, IdentifierTokenError, PairwiseReranker, load_reranker
-from mmrank.pairwise import PAIRWISE_PROMPT
-from mmrank.processing import IMAGE_PAD
+from mmrank.models.processing import IMAGE_PAD
+from mmrank.scorers.pairwise import PAIRWISE_PROMPT
 from mmrank_testkit import sample_image, sample_page, tiny_model_dir
 from transformers import AutoModelForImageTextToText, AutoTokenizer
 

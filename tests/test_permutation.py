@@ -10,8 +10,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from mmrank import InputError
-from mmrank.listwise import FirstTokenPlan
-from mmrank.permutation import (
+from mmrank.ranking.permutation import (
     escape_identifiers,
     format_ranking,
     make_identifiers,
@@ -22,6 +21,7 @@ from mmrank.permutation import (
     rerank_with_windows,
     sliding_windows,
 )
+from mmrank.scorers.listwise import FirstTokenPlan
 
 
 # ---------------------------------------------------------------- window walking

@@ -8,9 +8,9 @@ import asyncio
 import threading
 
 import pytest
-from mmrank.base import PointwiseReranker, Reranker
-from mmrank.documents import Document, Query
 from mmrank.errors import InputError
+from mmrank.inputs.documents import Document, Query
+from mmrank.scorers.base import PointwiseReranker, Reranker
 from mmrank.server.batching import ModelWorker, QueueFull
 
 

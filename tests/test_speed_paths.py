@@ -15,8 +15,8 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from mmrank import Document, InputError, JinaRerankerM0, Query
-from mmrank.pointwise import _decoder_layer
-from mmrank.processing import IMAGE_PLACEHOLDER
+from mmrank.models.processing import IMAGE_PLACEHOLDER
+from mmrank.scorers.pointwise import _decoder_layer
 from mmrank_testkit import sample_image, sample_page
 
 

@@ -12,7 +12,7 @@ import threading
 from pathlib import Path
 
 from filelock import FileLock
-from mmrank.dummy import build_checkpoint
+from mmrank.models.dummy import build_checkpoint
 
 _lock = threading.Lock()
 _root: Path | None = None

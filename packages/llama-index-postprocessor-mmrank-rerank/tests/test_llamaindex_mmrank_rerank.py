@@ -160,7 +160,7 @@ def test_loads_its_own_model_by_mode():
 
 
 def test_remote_mode_wiring(monkeypatch):
-    pytest.importorskip("mmrank.remote")
+    pytest.importorskip("mmrank.scorers.remote")
     seen = {}
 
     def handler(request: httpx.Request) -> httpx.Response:

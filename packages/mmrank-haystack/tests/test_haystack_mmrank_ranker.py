@@ -128,7 +128,7 @@ def test_run_overrides_top_k_and_threshold(reranker):
 
 
 def test_remote_mode_wiring(monkeypatch):
-    pytest.importorskip("mmrank.remote")
+    pytest.importorskip("mmrank.scorers.remote")
     import json
 
     seen = {}

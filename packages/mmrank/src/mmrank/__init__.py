@@ -9,8 +9,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .base import OnError, PointwiseReranker, RankedDocument, Reranker
-from .documents import Document, Query
 from .errors import (
     IdentifierTokenError,
     ImageLoadError,
@@ -20,20 +18,22 @@ from .errors import (
     RemoteError,
     UnsupportedInputError,
 )
-from .images import ImagePolicy, load_image
+from .inputs.documents import Document, Query
+from .inputs.images import ImagePolicy, load_image
+from .scorers.base import OnError, PointwiseReranker, RankedDocument, Reranker
 
 __version__ = "0.1.0"
 
 _LAZY = {
-    "JinaRerankerM0": ("pointwise", "JinaRerankerM0"),
-    "ListwiseReranker": ("listwise", "ListwiseReranker"),
-    "PairwiseReranker": ("pairwise", "PairwiseReranker"),
-    "RemoteReranker": ("remote", "RemoteReranker"),
-    "load_reranker": ("factory", "load_reranker"),
+    "JinaRerankerM0": ("scorers.pointwise", "JinaRerankerM0"),
+    "ListwiseReranker": ("scorers.listwise", "ListwiseReranker"),
+    "PairwiseReranker": ("scorers.pairwise", "PairwiseReranker"),
+    "RemoteReranker": ("scorers.remote", "RemoteReranker"),
+    "load_reranker": ("scorers.factory", "load_reranker"),
 }
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .pointwise import JinaRerankerM0  # noqa: F401
+    from .scorers.pointwise import JinaRerankerM0  # noqa: F401
 
 
 def __getattr__(name: str) -> Any:

@@ -19,7 +19,7 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".ti
 
 def _document_arg(arg: str, index: int) -> Any:
     """A DOC argument: an image file or image URL → image; a text file → its text; anything else → text."""
-    from .documents import Document
+    from .inputs.documents import Document
 
     lower = arg.lower()
     if lower.startswith(("http://", "https://", "data:image")):
@@ -36,7 +36,7 @@ def _document_arg(arg: str, index: int) -> Any:
 
 
 def _query_arg(args: argparse.Namespace) -> Any:
-    from .documents import Query
+    from .inputs.documents import Query
 
     if args.query_image:
         return Query(image=Path(args.query_image) if Path(args.query_image).exists() else args.query_image)
@@ -85,7 +85,7 @@ def _scorer_kwargs(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_rank(args: argparse.Namespace) -> int:
-    from .factory import load_reranker
+    from .scorers.factory import load_reranker
 
     if not args.documents:
         print("mmrank rank: no documents given", file=sys.stderr)

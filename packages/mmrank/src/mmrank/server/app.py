@@ -37,9 +37,9 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
-from ..base import Reranker
-from ..documents import Document, Query
 from ..errors import ImageLoadError, InputError, MMRankError
+from ..inputs.documents import Document, Query
+from ..scorers.base import Reranker
 from .batching import ModelWorker, QueueFull
 from .config import ServerConfig
 from .schemas import RerankRequest, describe_validation_error

@@ -7,7 +7,7 @@ Exactly what it does:
   blocks on the model.
 * Each time the worker is free it takes **every** job waiting (continuous batching: no timer, no waiting
   for a batch to fill — while the model runs, new jobs pile up and are taken together next time).
-* For a pointwise scorer (jina-reranker-m0 and any :class:`~mmrank.base.PointwiseReranker`), waiting jobs
+* For a pointwise scorer (jina-reranker-m0 and any :class:`~mmrank.scorers.base.PointwiseReranker`), waiting jobs
   with the **same text query** are merged: their documents go through one ``_score_documents`` call (so
   the model's batches are full), up to ``max_batch_documents`` documents per call (a single larger request
   is never split). Scores are independent of the batch for these scorers (left padding), up to float
@@ -29,8 +29,8 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..base import PointwiseReranker, Reranker
-from ..documents import Document, Query
+from ..inputs.documents import Document, Query
+from ..scorers.base import PointwiseReranker, Reranker
 
 logger = logging.getLogger("mmrank.server")
 

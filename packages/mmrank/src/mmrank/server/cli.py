@@ -75,7 +75,7 @@ def _config(args: argparse.Namespace):
 
 
 def _scorer(args: argparse.Namespace, config) -> Any:
-    from ..factory import load_reranker
+    from ..scorers.factory import load_reranker
 
     kw: dict[str, Any] = {"image_policy": config.image_policy()}
     if args.device:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-from ..images import ImagePolicy
+from ..inputs.images import ImagePolicy
 
 _MiB = 1024 * 1024
 

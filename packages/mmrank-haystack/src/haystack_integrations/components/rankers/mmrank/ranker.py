@@ -22,7 +22,7 @@ from haystack.dataclasses import ImageContent
 from haystack.utils import ComponentDevice, Secret, deserialize_secrets_inplace
 
 import mmrank
-from mmrank.factory import DEVICE_MODES, check_settings
+from mmrank.scorers.factory import DEVICE_MODES, check_settings
 
 logger = logging.getLogger(__name__)
 

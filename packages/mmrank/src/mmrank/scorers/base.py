@@ -21,9 +21,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from .documents import Document, Query, coerce_documents
-from .errors import ImageLoadError, InputError
-from .images import DEFAULT_POLICY, ImagePolicy
+from ..errors import ImageLoadError, InputError
+from ..inputs.documents import Document, Query, coerce_documents
+from ..inputs.images import DEFAULT_POLICY, ImagePolicy
 
 logger = logging.getLogger("mmrank")
 

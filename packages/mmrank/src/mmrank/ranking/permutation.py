@@ -23,7 +23,7 @@ import re
 import string
 from collections.abc import Callable, Sequence
 
-from .errors import InputError
+from ..errors import InputError
 
 __all__ = [
     "sliding_windows", "rerank_with_windows", "parse_ranking", "repair_permutation", "parse_permutation",

@@ -1,4 +1,4 @@
-"""The remote backend: the :class:`~mmrank.base.Reranker` interface over a rerank HTTP API.
+"""The remote backend: the :class:`~mmrank.scorers.base.Reranker` interface over a rerank HTTP API.
 
 ``RemoteReranker`` talks to any server that speaks one of the three rerank dialects in use, which are
 **not** identical:
@@ -30,7 +30,7 @@ cannot reach.
 
 Images: an ``http(s)`` URL is passed through untouched (the client neither downloads nor decodes it; the
 server does); a local path, ``file://`` URL, PIL image, ``bytes``, ``data:`` URI or bare base64 string is
-read here under the :class:`~mmrank.images.ImagePolicy`, checked (size caps, decodable), and sent as base64
+read here under the :class:`~mmrank.inputs.images.ImagePolicy`, checked (size caps, decodable), and sent as base64
 (``data:`` URI for vLLM). A local image that cannot be read is reported per document exactly as the local
 scorers do (ranked last with ``error`` under ``on_error="last"``); PIL images are sent as lossless PNG.
 A document the *server* cannot read (a URL it cannot fetch, say) fails the whole call with a
@@ -71,10 +71,10 @@ from typing import Any, Literal
 import httpx
 from PIL import Image
 
+from ..errors import ImageLoadError, InputError, RemoteError, UnsupportedInputError
+from ..inputs.documents import Document, Query
+from ..inputs.images import DEFAULT_POLICY, ImagePolicy, decode_image_bytes, load_image, resolve_source
 from .base import OnError, RankedDocument, Reranker, _id_suffix
-from .documents import Document, Query
-from .errors import ImageLoadError, InputError, RemoteError, UnsupportedInputError
-from .images import DEFAULT_POLICY, ImagePolicy, decode_image_bytes, load_image, resolve_source
 
 logger = logging.getLogger("mmrank")
 

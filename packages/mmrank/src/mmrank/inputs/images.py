@@ -27,7 +27,7 @@ from typing import Any, Union
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .errors import ImageLoadError
+from ..errors import ImageLoadError
 
 ImageInput = Union["Image.Image", bytes, bytearray, str, os.PathLike]
 

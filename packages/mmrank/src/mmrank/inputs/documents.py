@@ -1,7 +1,7 @@
 """Documents and queries: text, an image, or both.
 
 A :class:`Document` keeps the caller's own object in ``payload`` untouched and an optional ``id`` so that
-adapters and users can map results back. Images load lazily, once, through :mod:`mmrank.images`.
+adapters and users can map results back. Images load lazily, once, through :mod:`mmrank.inputs.images`.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 
 from PIL import Image
 
-from .errors import ImageLoadError, InputError
+from ..errors import ImageLoadError, InputError
 from .images import DEFAULT_POLICY, ImageInput, ImagePolicy, load_image
 
 
@@ -45,7 +45,7 @@ class _LazyImage:
 class Document:
     """A candidate to rerank: ``text``, ``image`` or both.
 
-    ``image`` accepts anything :func:`mmrank.images.load_image` reads: a PIL image, bytes, a path, a
+    ``image`` accepts anything :func:`mmrank.inputs.images.load_image` reads: a PIL image, bytes, a path, a
     ``file://``/``http(s)://``/``data:`` URL or a base64 string. ``payload`` is the caller's object (a
     LangChain ``Document``, a LlamaIndex node, ...), returned untouched with the result.
     """

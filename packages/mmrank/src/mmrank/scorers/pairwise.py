@@ -33,13 +33,13 @@ from typing import Any
 
 import torch
 
+from ..errors import IdentifierTokenError, InputError
+from ..inputs.documents import Document, Query
+from ..inputs.images import DEFAULT_POLICY, ImagePolicy
+from ..models.loading import hub_kwargs
+from ..models.vlm import DEFAULT_INSTRUCT_MODEL, Conversation, InstructVLM
 from .base import OnError, PointwiseReranker
-from .documents import Document, Query
-from .errors import IdentifierTokenError, InputError
-from .images import DEFAULT_POLICY, ImagePolicy
 from .listwise import fill
-from .loading import hub_kwargs
-from .vlm import DEFAULT_INSTRUCT_MODEL, Conversation, InstructVLM
 
 logger = logging.getLogger("mmrank")
 

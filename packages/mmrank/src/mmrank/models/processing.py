@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from PIL import Image
 
-from .errors import InputError
+from ..errors import InputError
 
 IMAGE_PLACEHOLDER = "<|vision_start|><|image_pad|><|vision_end|>"
 IMAGE_PAD = "<|image_pad|>"

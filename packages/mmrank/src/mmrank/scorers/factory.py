@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..errors import InputError
 from .base import Reranker
-from .errors import InputError
 
 MODES = ("pointwise", "listwise", "pairwise", "remote")
 #: Modes whose scorers take ``device`` (the local models) and ``batch_size`` (pairs per forward pass; the

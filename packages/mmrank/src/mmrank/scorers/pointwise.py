@@ -30,9 +30,9 @@ Extensions beyond the reference (documented, opt-out where they could change num
 * images are decoded in parallel up front; a batch's prompt length follows from the image size alone, so
   batches are formed before any pixel work, and a producer thread fingerprints and preprocesses the images
   of batch k+1 (in a pool) while the model runs batch k;
-* the vision tower runs through :class:`mmrank.features.VisionEncoder` (same computation as transformers',
+* the vision tower runs through :class:`mmrank.models.features.VisionEncoder` (same computation as transformers',
   images of equal grid attended in one call), and its outputs are kept in an image-feature cache
-  (:class:`mmrank.features.FeatureCache`, keyed by image content + pixel budget, bounded by bytes): a page
+  (:class:`mmrank.models.features.FeatureCache`, keyed by image content + pixel budget, bounded by bytes): a page
   that returns for another query skips preprocessing and the vision encoder; an image query is encoded
   once per call, not once per pair;
 * text is tokenized once (one batched call for all pieces); a document shorter than ``max_doc_length``
@@ -50,15 +50,15 @@ from typing import Any
 
 import torch
 
+from ..errors import InputError
+from ..inputs.documents import Document, Query
+from ..inputs.images import DEFAULT_POLICY, ImagePolicy, image_fingerprint
+from ..models.dummy import build_checkpoint, is_dummy, warn_dummy
+from ..models.features import DEFAULT_CACHE_BYTES, FeatureCache, VisionEncoder
+from ..models.jina import SCORE_TOKEN_ID, JinaVLForRanking, logits_to_scores
+from ..models.loading import guarded_load, hub_kwargs, pick_device, pick_dtype
+from ..models.processing import IMAGE_PLACEHOLDER, ImageFeatures, VisionTextProcessor
 from .base import OnError, PointwiseReranker
-from .documents import Document, Query
-from .dummy import build_checkpoint, is_dummy, warn_dummy
-from .errors import InputError
-from .features import DEFAULT_CACHE_BYTES, FeatureCache, VisionEncoder
-from .images import DEFAULT_POLICY, ImagePolicy, image_fingerprint
-from .loading import guarded_load, hub_kwargs, pick_device, pick_dtype
-from .modeling import SCORE_TOKEN_ID, JinaVLForRanking, logits_to_scores
-from .processing import IMAGE_PLACEHOLDER, ImageFeatures, VisionTextProcessor
 
 logger = logging.getLogger("mmrank")
 

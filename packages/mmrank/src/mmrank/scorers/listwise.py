@@ -4,7 +4,7 @@ The model sees a whole window of candidates in one context — text passages, im
 through the model's own chat template — and orders them. Two ways to read the order:
 
 * ``mode="generate"`` (RankGPT, Rank-Nexus): the model writes ``[2] > [1] > [3]`` greedily; the answer is
-  parsed and repaired (:mod:`mmrank.permutation`: unknown ids ignored, duplicates dropped, missing ids
+  parsed and repaired (:mod:`mmrank.ranking.permutation`: unknown ids ignored, duplicates dropped, missing ids
   appended in their prior order, garbage → the window's current order).
 * ``mode="single_pass"`` (FIRST): the answer is forced to begin with the identifier opener ``[`` and the
   window is ordered by the logits of the **first identifier token** over all identifiers — one forward
@@ -42,12 +42,12 @@ from typing import Any, Literal
 import torch
 from PIL import Image
 
-from .base import OnError, Reranker
-from .documents import Document, Query
-from .errors import IdentifierTokenError, InputError
-from .images import DEFAULT_POLICY, ImagePolicy
-from .loading import hub_kwargs
-from .permutation import (
+from ..errors import IdentifierTokenError, InputError
+from ..inputs.documents import Document, Query
+from ..inputs.images import DEFAULT_POLICY, ImagePolicy
+from ..models.loading import hub_kwargs
+from ..models.vlm import DEFAULT_INSTRUCT_MODEL, Conversation, InstructVLM
+from ..ranking.permutation import (
     escape_identifiers,
     format_ranking,
     make_identifiers,
@@ -56,7 +56,7 @@ from .permutation import (
     rerank_with_windows,
     sliding_windows,
 )
-from .vlm import DEFAULT_INSTRUCT_MODEL, Conversation, InstructVLM
+from .base import OnError, Reranker
 
 logger = logging.getLogger("mmrank")
 

@@ -156,7 +156,7 @@ def build_checkpoint(out_dir: str | os.PathLike, *, family: Family = "qwen2_vl",
     else:
         if family != "qwen2_vl":
             raise ValueError("the jina-reranker-m0 head exists for Qwen2-VL only")
-        from .modeling import JinaVLForRanking
+        from .jina import JinaVLForRanking
 
         config.architectures = ["JinaVLForRanking"]
         model = JinaVLForRanking(config).to(getattr(torch, dtype))
@@ -176,7 +176,7 @@ def build_checkpoint(out_dir: str | os.PathLike, *, family: Family = "qwen2_vl",
         "size": {"shortest_edge": min_pixels, "longest_edge": max_pixels},
     }
     (out / "preprocessor_config.json").write_text(json.dumps(image_proc, indent=2))
-    (out / "MMRANK_DUMMY").write_text("Random weights built by mmrank.dummy; scores mean nothing.\n")
+    (out / "MMRANK_DUMMY").write_text("Random weights built by mmrank.models.dummy; scores mean nothing.\n")
     return out
 
 

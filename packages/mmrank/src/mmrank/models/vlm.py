@@ -2,7 +2,7 @@
 
 :class:`InstructVLM` loads any checkpoint that ``AutoModelForImageTextToText`` resolves in the Qwen-VL family
 (Qwen2-VL, Qwen2.5-VL, Qwen3-VL) together with its tokenizer and image processor
-(:class:`mmrank.processing.VisionTextProcessor`, which needs no torchvision), renders conversations with the
+(:class:`mmrank.models.processing.VisionTextProcessor`, which needs no torchvision), renders conversations with the
 **model's own chat template** (images interleaved with the text, in one context), and offers the three
 operations the scorers need: next-token logits at the end of a batch of prompts, greedy generation, and
 tokenization checks.
@@ -28,9 +28,9 @@ from typing import Any
 import torch
 from PIL import Image
 
+from ..errors import InputError, ModelLoadError
+from ..inputs.images import image_fingerprint
 from .dummy import build_checkpoint, is_dummy, warn_dummy
-from .errors import InputError, ModelLoadError
-from .images import image_fingerprint
 from .loading import guarded_load, pick_device, pick_dtype
 from .processing import IMAGE_PAD, ImageFeatures, VisionTextProcessor
 

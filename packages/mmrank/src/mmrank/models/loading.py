@@ -6,7 +6,7 @@ import os
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from .errors import ModelLoadError
+from ..errors import ModelLoadError
 
 T = TypeVar("T")
 

@@ -1,0 +1,1 @@
+"""Inputs: documents and queries (text, image, or both) and safe image loading."""

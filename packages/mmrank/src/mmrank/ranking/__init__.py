@@ -1,0 +1,1 @@
+"""Ranking algorithms that need no model: sliding windows, parsing and repairing orderings."""
