@@ -163,3 +163,51 @@ def test_dummy_load_format_warns_loudly(capsys):
     err = capsys.readouterr().err
     assert "RANDOM WEIGHTS" in err and "mean NOTHING" in err
     assert r.is_dummy and len(r.rank("q", ["a", "b"])) == 2
+
+
+# ---------------------------------------------------------------------------------------- the public seam
+def test_the_seam_composes_to_rank(jina_reranker):
+    """prepare → the model step → finish is rank, step by step, on the real model; a pointwise scorer's
+    score_documents ranked with order_by_score gives the same ranking (what mmrank serve merges on)."""
+    from mmrank.scorers.base import PreparedRanking, order_by_score
+
+    docs = ["pandas eat bamboo", Document(image=b"garbage", id="broken"), "the stock market fell", "x"]
+    call = jina_reranker.prepare("pandas", docs, 3, score_threshold=-100.0)
+    assert isinstance(call, PreparedRanking)
+    assert call.readable == [0, 2, 3] and call.failed == [1] and (call.top_n, call.on_error) == (3, "last")
+    assert "document 1 id='broken'" in str(call.errors[1])
+    ranking = jina_reranker.rank_documents(call.query, call.readable_documents)
+    assert sorted(j for j, _ in ranking) == [0, 1, 2]
+    scores = jina_reranker.score_documents(call.query, call.readable_documents)
+    _same_ranking(order_by_score(scores), ranking)
+    finished = jina_reranker.finish(call, ranking)
+    direct = jina_reranker.rank("pandas", docs, 3, score_threshold=-100.0)
+    assert [(r.index, r.error) for r in finished] == [(r.index, r.error) for r in direct]
+    assert [r.score for r in finished] == pytest.approx([r.score for r in direct], abs=1e-6)
+    _same_ranking(asyncio.run(jina_reranker.arank_documents(call.query, call.readable_documents)), ranking)
+
+
+def _same_ranking(got, expected):
+    assert [j for j, _ in got] == [j for j, _ in expected]
+    assert [s for _, s in got] == pytest.approx([s for _, s in expected], abs=1e-6)
+
+
+def test_prepare_raises_under_raise_and_keeps_refused_documents(jina_reranker):
+    with pytest.raises(ImageLoadError, match="document 1 id='broken'"):
+        jina_reranker.prepare("q", ["fine", Document(image=b"garbage", id="broken")], on_error="raise")
+    # A caller's own refusal is kept as given and the document is not read (its image would fail otherwise).
+    refusal = InputError("document 0: refused by the caller")
+    call = jina_reranker.prepare("q", [Document(image=b"garbage"), "fine"], refused=[refusal, None])
+    assert call.errors == [refusal, None]
+    with pytest.raises(InputError, match="refused has 1 entries for 2 documents"):
+        jina_reranker.prepare("q", ["a", "b"], refused=[None])
+    call = asyncio.run(jina_reranker.aprepare("q", [Document(image=sample_image(2)), "t"]))
+    assert call.readable == [0, 1]
+
+
+def test_finish_refuses_a_ranking_that_is_not_a_permutation(jina_reranker):
+    call = jina_reranker.prepare("q", ["a", "b"])
+    with pytest.raises(RuntimeError, match="positions"):
+        jina_reranker.finish(call, [(0, 1.0), (0, 0.5)])
+    with pytest.raises(RuntimeError, match="increase"):
+        jina_reranker.finish(call, [(0, 0.1), (1, 0.5)])

@@ -81,3 +81,66 @@ def test_each_adapter_imports_only_its_framework_and_the_core(package):
              and not n.startswith(own)}
     assert not other
     assert _declared(ROOT / "packages" / package / "pyproject.toml") <= framework_dists | {"mmrank"}
+
+
+# ---------------------------------------------------------------------------------------- scorers' seam
+SCORERS = ROOT / "packages/mmrank/src/mmrank/scorers"
+# Shipped code and the shared test kit use the scorers only through their public seam (prepare, rank_documents
+# / score_documents, finish). Tests and benchmarks are white-box tools and may look inside a scorer.
+LIBRARY = [ROOT / "packages/mmrank/src/mmrank", ROOT / "shared/mmrank_testkit",
+           *(ROOT / "packages" / package / source for package, (source, *_) in ADAPTERS.items())]
+
+
+def _scorer_private_members() -> dict[str, str]:
+    """Private names (``_x``, not dunders) that the scorer classes define or assign on ``self`` → a class."""
+    trees = [ast.parse(f.read_text(), filename=str(f)) for f in sorted(SCORERS.glob("*.py"))]
+    classes = [n for t in trees for n in ast.walk(t) if isinstance(n, ast.ClassDef)]
+    scorers = {"Reranker"}
+    changed = True
+    while changed:  # every class that derives from Reranker, directly or not
+        changed = False
+        for c in classes:
+            bases = {b.id if isinstance(b, ast.Name) else getattr(b, "attr", None) for b in c.bases}
+            if c.name not in scorers and bases & scorers:
+                scorers.add(c.name)
+                changed = True
+    members: dict[str, str] = {}
+    for c in classes:
+        if c.name not in scorers:
+            continue
+        for node in ast.walk(c):
+            name = None
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node in c.body:
+                name = node.name
+            elif (isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store)
+                  and isinstance(node.value, ast.Name) and node.value.id == "self"):
+                name = node.attr
+            if name and name.startswith("_") and not name.startswith("__"):
+                members.setdefault(name, c.name)
+    return members
+
+
+def _is_own(value: ast.expr) -> bool:
+    """``self.x``, ``cls.x`` or ``super().x``: a class using its own members."""
+    if isinstance(value, ast.Name):
+        return value.id in ("self", "cls")
+    return isinstance(value, ast.Call) and isinstance(value.func, ast.Name) and value.func.id == "super"
+
+
+def _private_uses(folder: Path, members: dict[str, str]) -> list[str]:
+    found = []
+    for f in sorted(folder.rglob("*.py")):
+        for node in ast.walk(ast.parse(f.read_text(), filename=str(f))):
+            if isinstance(node, ast.Attribute) and node.attr in members and not _is_own(node.value):
+                found.append(f"{f.relative_to(ROOT)}:{node.lineno}: .{node.attr} (private to "
+                             f"{members[node.attr]})")
+    return found
+
+
+def test_no_module_uses_a_scorers_private_members():
+    members = _scorer_private_members()
+    # The hooks the seam wraps must be seen, or this test checks nothing.
+    assert {"_rank_documents", "_score_documents", "_check_query", "_prepare_documents", "_model_lock"} <= set(members)
+    found = [use for folder in LIBRARY for use in _private_uses(folder, members)]
+    assert not found, ("use the scorer's public seam (prepare / rank_documents / score_documents / finish) "
+                       "instead of its private members:\n" + "\n".join(found))

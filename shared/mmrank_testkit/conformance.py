@@ -133,7 +133,7 @@ class _LoopProbe(mmrank.Reranker):
     def _rank_documents(self, query, documents):
         if not self.released.wait(self.timeout):
             raise AssertionError("the event loop was blocked while the adapter was ranking (async path is not async)")
-        return self.inner._rank_documents(query, documents)
+        return self.inner.rank_documents(query, documents)
 
 
 class AdapterConformance:

@@ -1,12 +1,25 @@
-"""The one interface every scorer implements.
+"""The one interface every scorer implements, and the two-phase seam that every caller ranks through.
 
 ``Reranker.rank(query, documents, top_n=None)`` returns every document (or the best ``top_n``) as
 :class:`RankedDocument` objects, best first, each with its score and its index in the input.
 ``Reranker.score(query, documents)`` returns the scores in input order. Both have async twins.
 
-The base class owns what is the same for every backend: coercing inputs, the empty list, reading images
-up front (in parallel, so decoding is off the model's critical path) and the policy for documents that
-cannot be read. Backends implement only ``_rank_documents`` (or, pointwise, ``_score_documents``).
+``rank`` is three public steps, which the server, the remote client and any other backend or front end call
+themselves when they need to act between them (merge requests, answer HTTP errors, count tokens):
+
+1. :meth:`Reranker.prepare` → :class:`PreparedRanking`: check the call's arguments, coerce the query and the
+   documents, check the query and read its image, read every document image up front (in parallel, so
+   decoding is off the model's critical path) and record one error (or ``None``) per document; under
+   ``on_error="raise"`` the first document error is raised here, before any model work.
+2. the model step on the readable documents: :meth:`Reranker.rank_documents` (any scorer) or
+   :meth:`PointwiseReranker.score_documents` (pointwise scorers: one score per document, independent of
+   the other documents, so callers may merge documents of several calls that share a query).
+3. :meth:`Reranker.finish` → ``list[RankedDocument]``: the ranking at or above ``score_threshold``, then
+   the unreadable documents (``score=None``, ``error`` set), trimmed to ``top_n``.
+
+Backends implement only the hook ``_rank_documents`` (or, pointwise, ``_score_documents``); they may refine
+``_check_query``, ``_read_image``, ``_check_image`` and ``_prepare_documents``. Those hooks are private to
+the scorer classes: code outside them uses the public steps above (``tests/test_layout.py`` checks this).
 """
 
 from __future__ import annotations
@@ -18,7 +31,7 @@ import threading
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from ..errors import ImageLoadError, InputError
@@ -29,6 +42,11 @@ logger = logging.getLogger("mmrank")
 
 OnError = Literal["raise", "last"]
 ON_ERROR_CHOICES = ("raise", "last")
+
+#: ``(position, score)`` pairs, best first: what the model step returns. Positions are within the list of
+#: documents the model step was given.
+Ranking = list[tuple[int, float]]
+DocumentError = ImageLoadError | InputError
 
 
 @dataclass
@@ -64,6 +82,81 @@ class RankedDocument:
         return out
 
 
+@dataclass
+class PreparedRanking:
+    """A rank call after :meth:`Reranker.prepare`: checked options, the coerced query and documents (images
+    read), and one error (or ``None``) per document. Plain data: callers may inspect it between the steps."""
+
+    query: Query
+    documents: list[Document]
+    errors: list[DocumentError | None] = field(default_factory=list)
+    top_n: int | None = None
+    score_threshold: float | None = None
+    on_error: OnError = "last"
+
+    def __post_init__(self) -> None:
+        if not self.errors:
+            self.errors = [None] * len(self.documents)
+        if len(self.errors) != len(self.documents):
+            raise InputError(f"{len(self.errors)} errors for {len(self.documents)} documents")
+
+    @property
+    def readable(self) -> list[int]:
+        """Input positions of the documents the model step ranks, in input order."""
+        return [i for i, e in enumerate(self.errors) if e is None]
+
+    @property
+    def readable_documents(self) -> list[Document]:
+        """The documents to hand to the model step (positions in its answer index this list)."""
+        return [d for d, e in zip(self.documents, self.errors, strict=True) if e is None]
+
+    @property
+    def failed(self) -> list[int]:
+        """Input positions of the documents that could not be read."""
+        return [i for i, e in enumerate(self.errors) if e is not None]
+
+
+def order_by_score(scores: Sequence[float]) -> Ranking:
+    """``(position, score)`` best first. Stable: equal scores keep input order; NaN (never expected) last."""
+    def key(i: int) -> tuple[bool, float, int]:
+        s = scores[i]
+        return (math.isnan(s), 0.0 if math.isnan(s) else -s, i)
+
+    return [(i, float(scores[i])) for i in sorted(range(len(scores)), key=key)]
+
+
+def check_ranking(ranking: Ranking, n: int) -> Ranking:
+    """``ranking`` if it holds every position ``0..n-1`` exactly once with scores that never increase;
+    ``RuntimeError`` (a backend bug) otherwise."""
+    seen = sorted(j for j, _ in ranking)
+    if seen != list(range(n)):
+        raise RuntimeError(f"internal error: backend returned positions {seen} for {n} documents")
+    for (_, a), (_, b) in zip(ranking, ranking[1:], strict=False):
+        if b > a and not (math.isnan(a) or math.isnan(b)):
+            raise RuntimeError("internal error: backend scores increase down the ranking")
+    return ranking
+
+
+def check_on_error(on_error: Any) -> OnError:
+    if on_error not in ON_ERROR_CHOICES:
+        raise InputError(f"on_error must be one of {ON_ERROR_CHOICES}, got {on_error!r}")
+    return on_error
+
+
+def check_top_n(top_n: Any) -> int | None:
+    if top_n is not None and (isinstance(top_n, bool) or not isinstance(top_n, int) or top_n < 0):
+        raise InputError(f"top_n must be a non-negative integer or None, got {top_n!r}")
+    return top_n
+
+
+def check_score_threshold(score_threshold: Any) -> float | None:
+    if score_threshold is not None and (isinstance(score_threshold, bool)
+                                        or not isinstance(score_threshold, (int, float))
+                                        or math.isnan(score_threshold)):
+        raise InputError(f"score_threshold must be a number or None, got {score_threshold!r}")
+    return score_threshold
+
+
 class Reranker(ABC):
     """Base class of all scorers. Subclasses implement :meth:`_rank_documents`."""
 
@@ -76,9 +169,7 @@ class Reranker(ABC):
 
     def __init__(self, *, on_error: OnError = "last", image_policy: ImagePolicy = DEFAULT_POLICY,
                  show_progress: bool = False, image_workers: int = 4):
-        if on_error not in ON_ERROR_CHOICES:
-            raise InputError(f"on_error must be one of {ON_ERROR_CHOICES}, got {on_error!r}")
-        self.on_error: OnError = on_error
+        self.on_error: OnError = check_on_error(on_error)
         self.image_policy = image_policy
         self.show_progress = show_progress
         self.image_workers = max(1, int(image_workers))
@@ -91,39 +182,87 @@ class Reranker(ABC):
         """Rank ``documents`` for ``query``; best first. Every input document appears exactly once, except
         that ``score_threshold`` drops scored documents below it and then ``top_n`` trims; documents that
         could not be read come last with ``error`` set (a threshold never drops them: they have no score)."""
-        policy, q, docs = self._begin(query, documents, top_n, score_threshold, on_error)
-        if not docs:
-            return []
-        self._check_query(q)
-        errors = self._prepare_documents(docs)
-        good = self._good_documents(errors, policy)
-        pairs: list[tuple[int, float]] = []
-        if good:
-            with self._model_lock:
-                pairs = self._rank_documents(q, [docs[i] for i in good])
-        return self._assemble(docs, errors, good, pairs, top_n, score_threshold)
+        call = self.prepare(query, documents, top_n, score_threshold=score_threshold, on_error=on_error)
+        return self.finish(call, self.rank_documents(call.query, call.readable_documents))
+
+    async def arank(self, query: Any, documents: Sequence[Any] | Iterable[Any], top_n: int | None = None, *,
+                    score_threshold: float | None = None, on_error: OnError | None = None) -> list[RankedDocument]:
+        """Async :meth:`rank`: image reading and the model run in worker threads (or, for a remote scorer,
+        on the event loop without blocking it), so the event loop is never blocked."""
+        call = await self.aprepare(query, documents, top_n, score_threshold=score_threshold, on_error=on_error)
+        return self.finish(call, await self.arank_documents(call.query, call.readable_documents))
 
     def score(self, query: Any, documents: Sequence[Any] | Iterable[Any], *,
               on_error: OnError | None = None) -> list[float | None]:
         """Scores in input order (``None`` for a document that could not be read)."""
-        return self._in_input_order(self.rank(query, documents, on_error=on_error))
-
-    async def arank(self, query: Any, documents: Sequence[Any] | Iterable[Any], top_n: int | None = None, *,
-                    score_threshold: float | None = None, on_error: OnError | None = None) -> list[RankedDocument]:
-        """Async :meth:`rank`: the model runs in a worker thread, so the event loop is never blocked."""
-        return await asyncio.to_thread(self.rank, query, list(documents), top_n, score_threshold=score_threshold,
-                                       on_error=on_error)
+        return _in_input_order(self.rank(query, documents, on_error=on_error))
 
     async def ascore(self, query: Any, documents: Sequence[Any] | Iterable[Any], *,
                      on_error: OnError | None = None) -> list[float | None]:
-        return await asyncio.to_thread(self.score, query, list(documents), on_error=on_error)
+        return _in_input_order(await self.arank(query, documents, on_error=on_error))
 
-    # ------------------------------------------------------------------ for subclasses
+    # ------------------------------------------------------------------ the seam, step 1: prepare
+    def prepare(self, query: Any, documents: Sequence[Any] | Iterable[Any], top_n: int | None = None, *,
+                score_threshold: float | None = None, on_error: OnError | None = None,
+                refused: Sequence[DocumentError | None] | None = None) -> PreparedRanking:
+        """Check the options, coerce the inputs, check the query and read every image; record one error per
+        document (raised at once under ``on_error="raise"``). ``refused``: errors the caller already found
+        (one entry per document, ``None`` for the others); those documents are not read again."""
+        call = self._begin(query, documents, top_n, score_threshold, on_error, refused)
+        self._read(call)
+        return call
+
+    async def aprepare(self, query: Any, documents: Sequence[Any] | Iterable[Any], top_n: int | None = None, *,
+                       score_threshold: float | None = None, on_error: OnError | None = None,
+                       refused: Sequence[DocumentError | None] | None = None) -> PreparedRanking:
+        """Async :meth:`prepare`: images are read in a worker thread (text-only calls stay on the loop)."""
+        call = self._begin(query, documents, top_n, score_threshold, on_error, refused)
+        if call.query.has_image or any(d.has_image for d in call.documents):
+            await asyncio.to_thread(self._read, call)
+        else:
+            self._read(call)
+        return call
+
+    # ------------------------------------------------------------------ the seam, step 2: the model
+    def rank_documents(self, query: Query, documents: list[Document]) -> Ranking:
+        """Rank prepared, readable documents (``PreparedRanking.readable_documents``): ``(position in
+        documents, score)`` best first, every position once. One model call at a time per scorer."""
+        if not documents:
+            return []
+        with self._model_lock:
+            ranking = self._rank_documents(query, documents)
+        return check_ranking(ranking, len(documents))
+
+    async def arank_documents(self, query: Query, documents: list[Document]) -> Ranking:
+        """Async :meth:`rank_documents`."""
+        if not documents:
+            return []
+        return check_ranking(await self._arank_documents(query, documents), len(documents))
+
+    # ------------------------------------------------------------------ the seam, step 3: finish
+    def finish(self, call: PreparedRanking, ranking: Ranking) -> list[RankedDocument]:
+        """The ranking of the readable documents (positions within ``call.readable``) at or above the
+        threshold, then the unreadable ones in input order; the best ``top_n`` of that."""
+        good = call.readable
+        check_ranking(ranking, len(good))
+        threshold = call.score_threshold
+        ordered = [RankedDocument(index=good[j], score=float(s), document=call.documents[good[j]])
+                   for j, s in ranking if threshold is None or float(s) >= threshold]
+        for i in call.failed:
+            logger.warning("mmrank: %s — ranked last", call.errors[i])
+            ordered.append(RankedDocument(index=i, score=None, document=call.documents[i], error=str(call.errors[i])))
+        return ordered if call.top_n is None else ordered[: call.top_n]
+
+    # ------------------------------------------------------------------ hooks for subclasses
     @abstractmethod
-    def _rank_documents(self, query: Query, documents: list[Document]) -> list[tuple[int, float]]:
+    def _rank_documents(self, query: Query, documents: list[Document]) -> Ranking:
         """Return ``(position in documents, score)`` for every document, best first.
 
         Every position must appear exactly once; scores must not increase down the list."""
+
+    async def _arank_documents(self, query: Query, documents: list[Document]) -> Ranking:
+        """Async hook; default: :meth:`rank_documents` in a worker thread (a remote scorer overrides it)."""
+        return await asyncio.to_thread(self.rank_documents, query, documents)
 
     def _check_query(self, query: Query) -> None:
         if query.has_image and not self.supports_image_query:
@@ -140,10 +279,14 @@ class Reranker(ABC):
         """Raise :class:`InputError` for a decoded image this scorer cannot take (e.g. an aspect ratio its
         image processor refuses). Called for every image query and image document; default: accept."""
 
-    def _prepare_documents(self, documents: list[Document]) -> list[ImageLoadError | InputError | None]:
-        """Read every image up front, in parallel; return one error (or None) per document."""
-        errors: list[ImageLoadError | InputError | None] = [None] * len(documents)
+    def _prepare_documents(self, documents: list[Document],
+                           errors: list[DocumentError | None] | None = None) -> list[DocumentError | None]:
+        """Read every image up front, in parallel; return one error (or None) per document. ``errors``:
+        errors already known (those documents are skipped)."""
+        errors = list(errors) if errors is not None else [None] * len(documents)
         for i, d in enumerate(documents):
+            if errors[i] is not None:
+                continue
             if d.modality == "empty":
                 errors[i] = InputError(f"document {i}{_id_suffix(d)}: document has neither text nor image")
             elif d.has_image and not self.supports_image_documents:
@@ -167,61 +310,26 @@ class Reranker(ABC):
                 list(pool.map(load, todo))
         return errors
 
-    def _check_on_error(self, on_error: OnError | None) -> OnError:
-        policy = on_error or self.on_error
-        if policy not in ON_ERROR_CHOICES:
-            raise InputError(f"on_error must be one of {ON_ERROR_CHOICES}, got {policy!r}")
-        return policy
+    # ------------------------------------------------------------------ internals of prepare
+    def _begin(self, query: Any, documents: Any, top_n: Any, score_threshold: Any, on_error: Any,
+               refused: Sequence[DocumentError | None] | None) -> PreparedRanking:
+        """Check the call's options; coerce the query and the documents."""
+        policy = check_on_error(on_error or self.on_error)
+        top_n, score_threshold = check_top_n(top_n), check_score_threshold(score_threshold)
+        q, docs = Query.coerce(query), coerce_documents(documents)
+        if refused is not None and len(refused) != len(docs):
+            raise InputError(f"refused has {len(refused)} entries for {len(docs)} documents")
+        return PreparedRanking(q, docs, list(refused) if refused is not None else [], top_n, score_threshold, policy)
 
-    def _begin(self, query: Any, documents: Any, top_n: int | None, score_threshold: float | None,
-               on_error: OnError | None) -> tuple[OnError, Query, list[Document]]:
-        """Check the call's arguments; coerce the query and the documents."""
-        policy = self._check_on_error(on_error)
-        if top_n is not None and (isinstance(top_n, bool) or not isinstance(top_n, int) or top_n < 0):
-            raise InputError(f"top_n must be a non-negative integer or None, got {top_n!r}")
-        if score_threshold is not None and (isinstance(score_threshold, bool)
-                                            or not isinstance(score_threshold, (int, float))
-                                            or math.isnan(score_threshold)):
-            raise InputError(f"score_threshold must be a number or None, got {score_threshold!r}")
-        return policy, Query.coerce(query), coerce_documents(documents)
-
-    @staticmethod
-    def _good_documents(errors: list[ImageLoadError | InputError | None], policy: OnError) -> list[int]:
-        """Positions of the readable documents; raises the first error under ``on_error="raise"``."""
-        bad = [e for e in errors if e is not None]
-        if bad and policy == "raise":
-            raise bad[0]
-        for e in bad:
-            logger.warning("mmrank: %s — ranked last", e)
-        return [i for i, e in enumerate(errors) if e is None]
-
-    def _assemble(self, docs: list[Document], errors: list[ImageLoadError | InputError | None], good: list[int],
-                  pairs: list[tuple[int, float]], top_n: int | None,
-                  score_threshold: float | None) -> list[RankedDocument]:
-        """The ranking of the readable documents (positions within ``good``) at or above the threshold, then
-        the unreadable ones; the best ``top_n`` of that."""
-        self._check_permutation(pairs, len(good))
-        ordered = [RankedDocument(index=good[j], score=float(s), document=docs[good[j]]) for j, s in pairs
-                   if score_threshold is None or float(s) >= score_threshold]
-        ordered.extend(RankedDocument(index=i, score=None, document=docs[i], error=str(e))
-                       for i, e in enumerate(errors) if e is not None)
-        return ordered if top_n is None else ordered[:top_n]
-
-    @staticmethod
-    def _in_input_order(ranked: list[RankedDocument]) -> list[float | None]:
-        scores: list[float | None] = [None] * len(ranked)
-        for r in ranked:
-            scores[r.index] = r.score
-        return scores
-
-    @staticmethod
-    def _check_permutation(pairs: list[tuple[int, float]], n: int) -> None:
-        seen = sorted(j for j, _ in pairs)
-        if seen != list(range(n)):
-            raise RuntimeError(f"internal error: backend returned positions {seen} for {n} documents")
-        for (_, a), (_, b) in zip(pairs, pairs[1:], strict=False):
-            if b > a and not (math.isnan(a) or math.isnan(b)):
-                raise RuntimeError("internal error: backend scores increase down the ranking")
+    def _read(self, call: PreparedRanking) -> None:
+        """Check the query, read the images, record the document errors (raise the first under "raise")."""
+        if not call.documents:
+            return
+        self._check_query(call.query)
+        call.errors = self._prepare_documents(call.documents, call.errors)
+        failed = call.failed
+        if failed and call.on_error == "raise":
+            raise call.errors[failed[0]]  # type: ignore[misc]
 
     def close(self) -> None:  # noqa: B027 - a no-op default; scorers holding resources override it
         """Release resources (models, HTTP connections). Safe to call twice."""
@@ -234,19 +342,39 @@ class Reranker(ABC):
 
 
 class PointwiseReranker(Reranker):
-    """A reranker that scores each (query, document) pair independently; ranking sorts by score."""
+    """A reranker that scores each (query, document) pair independently; ranking sorts by score.
+
+    Because a document's score does not depend on the other documents, callers may score the readable
+    documents of several calls with the same query in one :meth:`score_documents` call (``mmrank serve``
+    does) and rank each call's share with :func:`order_by_score`."""
 
     @abstractmethod
     def _score_documents(self, query: Query, documents: list[Document]) -> list[float]:
         """One score per document, in order."""
 
-    def _rank_documents(self, query: Query, documents: list[Document]) -> list[tuple[int, float]]:
-        scores = self._score_documents(query, documents)
-        if len(scores) != len(documents):
-            raise RuntimeError(f"internal error: {len(scores)} scores for {len(documents)} documents")
-        # Stable: equal scores keep input order. NaN (never expected) sorts last.
-        order = sorted(range(len(scores)), key=lambda i: (math.isnan(scores[i]), -scores[i] if not math.isnan(scores[i]) else 0.0, i))
-        return [(i, float(scores[i])) for i in order]
+    def score_documents(self, query: Query, documents: list[Document]) -> list[float]:
+        """The model step of a pointwise scorer: one score per prepared, readable document, in order."""
+        if not documents:
+            return []
+        with self._model_lock:
+            scores = self._score_documents(query, documents)
+        return _checked_scores(scores, len(documents))
+
+    def _rank_documents(self, query: Query, documents: list[Document]) -> Ranking:
+        return order_by_score(_checked_scores(self._score_documents(query, documents), len(documents)))
+
+
+def _checked_scores(scores: Sequence[float], n: int) -> list[float]:
+    if len(scores) != n:
+        raise RuntimeError(f"internal error: {len(scores)} scores for {n} documents")
+    return [float(s) for s in scores]
+
+
+def _in_input_order(ranked: list[RankedDocument]) -> list[float | None]:
+    scores: list[float | None] = [None] * len(ranked)
+    for r in ranked:
+        scores[r.index] = r.score
+    return scores
 
 
 def _id_suffix(doc: Document) -> str:

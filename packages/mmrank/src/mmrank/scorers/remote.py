@@ -63,7 +63,6 @@ import threading
 import time
 import urllib.parse
 import weakref
-from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -71,10 +70,10 @@ from typing import Any, Literal
 import httpx
 from PIL import Image
 
-from ..errors import ImageLoadError, InputError, RemoteError, UnsupportedInputError
+from ..errors import InputError, RemoteError, UnsupportedInputError
 from ..inputs.documents import Document, Query
 from ..inputs.images import DEFAULT_POLICY, ImagePolicy, decode_image_bytes, load_image, resolve_source
-from .base import OnError, RankedDocument, Reranker, _id_suffix
+from .base import DocumentError, OnError, PreparedRanking, Reranker, _id_suffix
 
 logger = logging.getLogger("mmrank")
 
@@ -430,13 +429,14 @@ class RemoteReranker(Reranker):
             self._wire[item] = wire
         return wire
 
-    def _prepare_documents(self, documents: list[Document]) -> list[ImageLoadError | InputError | None]:
+    def _prepare_documents(self, documents: list[Document],
+                           errors: list[DocumentError | None] | None = None) -> list[DocumentError | None]:
         if self._dialect == "infinity":
             for i, d in enumerate(documents):
-                if d.has_image:
+                if d.has_image and (errors is None or errors[i] is None):
                     raise UnsupportedInputError(f"document {i}{_id_suffix(d)} has an image, but the Infinity rerank "
                                                 "API is text-only; use a jina or vllm server for images")
-        return super()._prepare_documents(documents)
+        return super()._prepare_documents(documents, errors)
 
     # ------------------------------------------------------------------ request bodies
     def _payload(self, item: Query | Document) -> Any:
@@ -635,31 +635,14 @@ class RemoteReranker(Reranker):
         merged, self.last_usage = self._merge(spans, list(answers))
         return merged
 
-    def rank(self, query: Any, documents: Sequence[Any] | Iterable[Any], top_n: int | None = None, *,
-             score_threshold: float | None = None, on_error: OnError | None = None) -> list[RankedDocument]:
+    def prepare(self, *args: Any, **kwargs: Any) -> PreparedRanking:
+        """:meth:`Reranker.prepare`, once the server's dialect is known (it decides what the inputs may be:
+        Infinity takes text only)."""
         self._resolve_dialect()
-        return super().rank(query, documents, top_n, score_threshold=score_threshold, on_error=on_error)
+        return super().prepare(*args, **kwargs)
 
-    async def arank(self, query: Any, documents: Sequence[Any] | Iterable[Any], top_n: int | None = None, *,
-                    score_threshold: float | None = None, on_error: OnError | None = None) -> list[RankedDocument]:
-        """Real async: the HTTP requests run on the event loop (httpx.AsyncClient), sub-requests concurrently;
-        only reading local images runs in a worker thread."""
-        policy, q, docs = self._begin(query, documents, top_n, score_threshold, on_error)
-        if not docs:
-            return []
+    async def aprepare(self, *args: Any, **kwargs: Any) -> PreparedRanking:
+        """Real async: the dialect probe here and the HTTP requests (:meth:`arank_documents`) run on the event
+        loop (httpx.AsyncClient), sub-requests concurrently; only reading local images runs in a thread."""
         await self._aresolve_dialect()
-        if q.has_image or any(d.has_image for d in docs):
-            def prepare():
-                self._check_query(q)
-                return self._prepare_documents(docs)
-
-            errors = await asyncio.to_thread(prepare)
-        else:
-            errors = self._prepare_documents(docs)
-        good = self._good_documents(errors, policy)
-        pairs = await self._arank_documents(q, [docs[i] for i in good]) if good else []
-        return self._assemble(docs, errors, good, pairs, top_n, score_threshold)
-
-    async def ascore(self, query: Any, documents: Sequence[Any] | Iterable[Any], *,
-                     on_error: OnError | None = None) -> list[float | None]:
-        return self._in_input_order(await self.arank(query, documents, on_error=on_error))
+        return await super().aprepare(*args, **kwargs)

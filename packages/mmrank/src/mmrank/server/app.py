@@ -39,7 +39,7 @@ from pydantic import ValidationError
 
 from ..errors import ImageLoadError, InputError, MMRankError
 from ..inputs.documents import Document, Query
-from ..scorers.base import Reranker
+from ..scorers.base import PreparedRanking, RankedDocument, Ranking, Reranker
 from .batching import ModelWorker, QueueFull
 from .config import ServerConfig
 from .schemas import RerankRequest, describe_validation_error
@@ -148,15 +148,16 @@ class RerankService:
             errors.append(err)
         return query, docs, errors
 
-    def prepare(self, query: Query, docs: list[Document], errors: list[InputError | None]) -> tuple[list, int]:
-        """In an image thread: read every image under the pixel budget, then the scorer's own checks."""
+    def prepare(self, req: RerankRequest, query: Query, docs: list[Document],
+                errors: list[InputError | None]) -> tuple[PreparedRanking, int]:
+        """In an image thread: read every image under the pixel budget, then the scorer's own preparation
+        (its query check and per-document checks); ``usage.total_tokens`` of the readable documents."""
         cfg = self.config
         budget = _PixelBudget(cfg.max_total_pixels)
         try:
             if query.has_image:
                 w, h = query.load_image(self.policy).size
                 budget.add(w * h)
-            self.scorer._check_query(query)
         except InputError as exc:
             raise HTTPError(422, f"query: {exc}") from None
 
@@ -179,9 +180,12 @@ class RerankService:
         if budget.exceeded:
             raise HTTPError(413, f"the images of this request add up to more than {cfg.max_total_pixels / 1e6:g} "
                                  "megapixels (--max-total-pixels); send fewer or smaller images per request")
-        checked = self.scorer._prepare_documents(docs)
-        merged = [pre if pre is not None else found for pre, found in zip(errors, checked, strict=True)]
-        return merged, self.count_tokens(query, [d for d, e in zip(docs, merged, strict=True) if e is None])
+        try:
+            # on_error is the request's, answered as HTTP below: here every document error is recorded.
+            call = self.scorer.prepare(query, docs, req.top_n or None, on_error="last", refused=errors)
+        except InputError as exc:
+            raise HTTPError(422, f"query: {exc}") from None
+        return call, self.count_tokens(query, call.readable_documents)
 
     def count_tokens(self, query: Query, docs: list[Document]) -> int:
         """``usage.total_tokens``, approximate: the query once per document plus each document, text tokens
@@ -223,7 +227,6 @@ class RerankService:
         cfg = self.config
         self.check_auth(request)
         raw = await self.read_body(request)
-        loop = asyncio.get_running_loop()
         obj = await asyncio.to_thread(_parse_json, raw) if len(raw) > _PARSE_IN_THREAD else _parse_json(raw)
         if not isinstance(obj, dict):
             raise HTTPError(422, f"the body must be a JSON object with 'query' and 'documents', got "
@@ -243,32 +246,35 @@ class RerankService:
         if req.model and cfg.served_model_names and req.model not in cfg.served_model_names:
             raise HTTPError(404, f"model {req.model!r} is not served here; this server serves "
                                  f"{list(cfg.served_model_names)}")
+        return await self.answer(req)
+
+    async def answer(self, req: RerankRequest) -> JSONResponse:
+        """A valid request through the scorer's seam: prepare (image threads), the model step (the model
+        thread, merged with other requests where the scorer allows), finish."""
         query, docs, pre_errors = self.build(req)
-        errors, tokens = await loop.run_in_executor(self.prep_pool, self.prepare, query, docs, pre_errors)
-        bad = [i for i, e in enumerate(errors) if e is not None]
+        loop = asyncio.get_running_loop()
+        call, tokens = await loop.run_in_executor(self.prep_pool, self.prepare, req, query, docs, pre_errors)
+        bad = call.failed
         if bad and req.on_error == "raise":
             more = f" (and {len(bad) - 1} more unreadable document(s))" if len(bad) > 1 else ""
-            raise HTTPError(422, f"{errors[bad[0]]}{more}; send \"on_error\": \"last\" to rank unreadable documents "
-                                 "last instead", document_index=bad[0])
-        good = [i for i, e in enumerate(errors) if e is None]
-        results: list[dict[str, Any]] = []
-        if good:
-            try:
-                pairs = await self.worker.rank(query, [docs[i] for i in good])
-            except QueueFull as exc:
-                raise HTTPError(503, f"server busy: {exc}; retry shortly", _headers={"Retry-After": "1"}) from None
-            for j, score in pairs:
-                results.append(self.result(req, good[j], score, None))
-        for i in bad:
-            results.append(self.result(req, i, None, str(errors[i])))
-        if req.top_n:
-            results = results[: req.top_n]
+            raise HTTPError(422, f"{call.errors[bad[0]]}{more}; send \"on_error\": \"last\" to rank unreadable "
+                                 "documents last instead", document_index=bad[0])
+        ranked = self.scorer.finish(call, await self.model_step(call))
         self.requests += 1
         return JSONResponse({"model": self.scorer.model_name, "usage": {"total_tokens": tokens},
-                             "results": results})
+                             "results": [self.result(req, r) for r in ranked]})
+
+    async def model_step(self, call: PreparedRanking) -> Ranking:
+        if not call.readable:
+            return []
+        try:
+            return await self.worker.rank(call.query, call.readable_documents)
+        except QueueFull as exc:
+            raise HTTPError(503, f"server busy: {exc}; retry shortly", _headers={"Retry-After": "1"}) from None
 
     @staticmethod
-    def result(req: RerankRequest, index: int, score: float | None, error: str | None) -> dict[str, Any]:
+    def result(req: RerankRequest, ranked: RankedDocument) -> dict[str, Any]:
+        index, score, error = ranked.index, ranked.score, ranked.error
         if score is not None and not math.isfinite(score):  # JSON has no NaN/inf: report it, never a 500
             score, error = None, "the model produced a non-finite score for this document"
         out: dict[str, Any] = {"index": index, "relevance_score": score}

@@ -8,7 +8,7 @@ Exactly what it does:
 * Each time the worker is free it takes **every** job waiting (continuous batching: no timer, no waiting
   for a batch to fill — while the model runs, new jobs pile up and are taken together next time).
 * For a pointwise scorer (jina-reranker-m0 and any :class:`~mmrank.scorers.base.PointwiseReranker`), waiting jobs
-  with the **same text query** are merged: their documents go through one ``_score_documents`` call (so
+  with the **same text query** are merged: their documents go through one ``score_documents`` call (so
   the model's batches are full), up to ``max_batch_documents`` documents per call (a single larger request
   is never split). Scores are independent of the batch for these scorers (left padding), up to float
   rounding. Jobs with other queries or image queries run one call each, in arrival order.
@@ -23,14 +23,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import queue
 import threading
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..inputs.documents import Document, Query
-from ..scorers.base import PointwiseReranker, Reranker
+from ..scorers.base import PointwiseReranker, Ranking, Reranker, order_by_score
 
 logger = logging.getLogger("mmrank.server")
 
@@ -46,12 +45,6 @@ class _Job:
     future: asyncio.Future
     loop: asyncio.AbstractEventLoop
     key: Any = field(default=None)
-
-
-def _sorted_pairs(scores: list[float]) -> list[tuple[int, float]]:
-    order = sorted(range(len(scores)), key=lambda i: (math.isnan(scores[i]),
-                                                       -scores[i] if not math.isnan(scores[i]) else 0.0, i))
-    return [(i, float(scores[i])) for i in order]
 
 
 class ModelWorker:
@@ -142,24 +135,9 @@ class ModelWorker:
         return groups
 
     def _execute(self, group: list[_Job]) -> None:
-        scorer = self.scorer
         try:
-            with scorer._model_lock:
-                self.calls += 1
-                if self.pointwise:
-                    docs = [d for j in group for d in j.documents]
-                    scores = scorer._score_documents(group[0].query, docs)  # type: ignore[attr-defined]
-                    if len(scores) != len(docs):
-                        raise RuntimeError(f"internal error: {len(scores)} scores for {len(docs)} documents")
-                    results, start = [], 0
-                    for j in group:
-                        results.append(_sorted_pairs([float(s) for s in scores[start:start + len(j.documents)]]))
-                        start += len(j.documents)
-                else:
-                    (job,) = group
-                    pairs = scorer._rank_documents(job.query, job.documents)
-                    scorer._check_permutation(pairs, len(job.documents))
-                    results = [pairs]
+            self.calls += 1
+            results = self._model_step(group)
         except Exception as exc:  # delivered to the request that caused it
             if len(group) > 1:
                 logger.info("mmrank serve: a merged model call failed (%s); running its %d requests alone",
@@ -174,6 +152,19 @@ class ModelWorker:
             self.merged_jobs += len(group)
         for j, r in zip(group, results, strict=True):
             self._done(j, r, None)
+
+    def _model_step(self, group: list[_Job]) -> list[Ranking]:
+        """One model call for ``group``: a pointwise scorer scores every job's documents together and each
+        job's share is ranked on its own; any other scorer ranks its single job."""
+        if not self.pointwise:
+            (job,) = group
+            return [self.scorer.rank_documents(job.query, job.documents)]
+        scores = self.scorer.score_documents(group[0].query, [d for j in group for d in j.documents])  # type: ignore[attr-defined]
+        results, start = [], 0
+        for j in group:
+            results.append(order_by_score(scores[start:start + len(j.documents)]))
+            start += len(j.documents)
+        return results
 
     def _done(self, job: _Job, result: Any, exc: BaseException | None) -> None:
         with self._lock:
