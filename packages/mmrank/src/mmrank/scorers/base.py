@@ -248,9 +248,12 @@ class Reranker(ABC):
         threshold = call.score_threshold
         ordered = [RankedDocument(index=good[j], score=float(s), document=call.documents[good[j]])
                    for j, s in ranking if threshold is None or float(s) >= threshold]
-        for i in call.failed:
-            logger.warning("mmrank: %s — ranked last", call.errors[i])
-            ordered.append(RankedDocument(index=i, score=None, document=call.documents[i], error=str(call.errors[i])))
+        failed = call.failed
+        if failed:  # one line per call, however many documents failed
+            more = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
+            logger.warning("mmrank: %s%s — ranked last", call.errors[failed[0]], more)
+        ordered.extend(RankedDocument(index=i, score=None, document=call.documents[i], error=str(call.errors[i]))
+                       for i in failed)
         return ordered if call.top_n is None else ordered[: call.top_n]
 
     # ------------------------------------------------------------------ hooks for subclasses
@@ -283,15 +286,8 @@ class Reranker(ABC):
                            errors: list[DocumentError | None] | None = None) -> list[DocumentError | None]:
         """Read every image up front, in parallel; return one error (or None) per document. ``errors``:
         errors already known (those documents are skipped)."""
-        errors = list(errors) if errors is not None else [None] * len(documents)
-        for i, d in enumerate(documents):
-            if errors[i] is not None:
-                continue
-            if d.modality == "empty":
-                errors[i] = InputError(f"document {i}{_id_suffix(d)}: document has neither text nor image")
-            elif d.has_image and not self.supports_image_documents:
-                errors[i] = InputError(f"document {i}{_id_suffix(d)}: {type(self).__name__} does not accept "
-                                       "image documents")
+        known = errors if errors is not None else [None] * len(documents)
+        errors = [known[i] or self._shape_error(i, d) for i, d in enumerate(documents)]
         todo = [i for i, d in enumerate(documents) if d.has_image and errors[i] is None]
 
         def load(i: int) -> None:
@@ -309,6 +305,14 @@ class Reranker(ABC):
             with ThreadPoolExecutor(max_workers=min(self.image_workers, len(todo))) as pool:
                 list(pool.map(load, todo))
         return errors
+
+    def _shape_error(self, i: int, doc: Document) -> InputError | None:
+        """The error of a document this scorer cannot take whatever its image holds, or ``None``."""
+        if doc.modality == "empty":
+            return InputError(f"document {i}{_id_suffix(doc)}: document has neither text nor image")
+        if doc.has_image and not self.supports_image_documents:
+            return InputError(f"document {i}{_id_suffix(doc)}: {type(self).__name__} does not accept image documents")
+        return None
 
     # ------------------------------------------------------------------ internals of prepare
     def _begin(self, query: Any, documents: Any, top_n: Any, score_threshold: Any, on_error: Any,
