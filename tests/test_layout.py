@@ -144,3 +144,17 @@ def test_no_module_uses_a_scorers_private_members():
     found = [use for folder in LIBRARY for use in _private_uses(folder, members)]
     assert not found, ("use the scorer's public seam (prepare / rank_documents / score_documents / finish) "
                        "instead of its private members:\n" + "\n".join(found))
+
+
+def test_the_list_of_modes_is_written_once():
+    """``mmrank.scorers.factory.Mode`` is the one list of scorer kinds; the CLI, the server and the adapters
+    read it (adding a mode is a one-line change there, plus its branch in ``load_reranker``)."""
+    places = []
+    for folder in LIBRARY:
+        for f in sorted(folder.rglob("*.py")):
+            for node in ast.walk(ast.parse(f.read_text(), filename=str(f))):
+                items = node.elts if isinstance(node, ast.Tuple | ast.List | ast.Set) else []
+                words = {e.value for e in items if isinstance(e, ast.Constant)}
+                if {"pointwise", "remote"} <= words:
+                    places.append(f"{f.relative_to(ROOT)}:{node.lineno}")
+    assert len(places) == 1 and places[0].startswith("packages/mmrank/src/mmrank/scorers/factory.py:"), places

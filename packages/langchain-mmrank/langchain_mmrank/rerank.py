@@ -9,19 +9,28 @@ along as ``payload``), mmrank ranks, and copies of the documents come back with
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any, Literal
 
 import mmrank
 from langchain_core.callbacks import Callbacks
 from langchain_core.documents import BaseDocumentCompressor, Document
 from langchain_core.utils import secret_from_env
+from mmrank.integration import (
+    API_KEY_ENV,
+    ERROR_KEY,
+    HTTP_MODES,
+    RETRIEVAL_SCORE_KEY,
+    SCORE_KEY,
+    Mode,
+    build_reranker,
+    check_shared_reranker,
+    data_uri,
+    path_or_url,
+)
 from pydantic import ConfigDict, Field, PrivateAttr, SecretStr, field_validator
 
-API_KEY_ENV = "MMRANK_API_KEY"
-SCORE_KEY = "relevance_score"
-RETRIEVAL_SCORE_KEY = "retrieval_score"
-ERROR_KEY = "rerank_error"
+__all__ = ["API_KEY_ENV", "ERROR_KEY", "IMAGE_KEYS", "RETRIEVAL_SCORE_KEY", "SCORE_KEY", "MMRankRerank",
+           "document_image"]
 
 #: Metadata keys that name a document's image, in the order they are looked up (the first present wins):
 #:
@@ -34,8 +43,6 @@ ERROR_KEY = "rerank_error"
 #: A document with an image and non-empty ``page_content`` is scored as text+image.
 IMAGE_KEYS = ("image", "image_base64", "image_path", "image_url")
 
-_URL_PREFIXES = ("http://", "https://", "file://", "data:")
-
 
 def document_image(doc: Document) -> Any:
     """The image source named by a document's metadata (see :data:`IMAGE_KEYS`), or None."""
@@ -45,11 +52,8 @@ def document_image(doc: Document) -> Any:
         if value is None or (isinstance(value, str | bytes) and len(value) == 0):
             continue
         if key == "image_base64":
-            text = value.decode("ascii", "replace") if isinstance(value, bytes) else str(value)
-            return text if text.startswith("data:") else f"data:{meta.get('mime_type') or ''};base64,{text}"
-        if key == "image_path" and isinstance(value, str) and not value.lower().startswith(_URL_PREFIXES):
-            return Path(value)
-        return value
+            return data_uri(value, meta.get("mime_type"))
+        return path_or_url(value) if key == "image_path" else value
     return None
 
 
@@ -67,7 +71,7 @@ class MMRankRerank(BaseDocumentCompressor):
 
     model: str | None = None
     """Model id or local folder; None uses the mode's default (``jinaai/jina-reranker-m0`` for pointwise)."""
-    mode: Literal["pointwise", "listwise", "pairwise", "remote"] = "pointwise"
+    mode: Mode = "pointwise"
     """mmrank scorer kind."""
     top_n: int | None = 3
     """Number of documents to return (None: all)."""
@@ -105,21 +109,17 @@ class MMRankRerank(BaseDocumentCompressor):
         return v
 
     def model_post_init(self, context: Any, /) -> None:
-        if self.reranker is not None:
-            given = [k for k in ("device", "batch_size", "reranker_kwargs") if getattr(self, k)]
-            if given:
-                raise ValueError(f"{', '.join(given)} configure a scorer that MMRankRerank loads; with reranker= "
-                                 "set them on that scorer instead")
+        shared = check_shared_reranker(self.reranker, "MMRankRerank", device=self.device, batch_size=self.batch_size,
+                                       reranker_kwargs=self.reranker_kwargs)
         # Load now, like LangChain's rerankers build their client: a wrong model fails here, not mid-chain.
-        self._scorer = self.reranker if self.reranker is not None else self._load()
+        self._scorer = shared if shared is not None else self._load()
 
     def _load(self) -> mmrank.Reranker:
         # mmrank checks that each setting applies to the mode; the remote key comes from the environment
         # by default, so it is passed only where it is used.
-        key = self.mmrank_api_key.get_secret_value() if self.mmrank_api_key and self.mode == "remote" else None
-        named = {"device": self.device, "batch_size": self.batch_size, "url": self.url, "api_key": key}
-        kwargs = {k: v for k, v in named.items() if v is not None} | dict(self.reranker_kwargs)
-        return mmrank.load_reranker(self.mode, self.model, **kwargs)
+        key = self.mmrank_api_key.get_secret_value() if self.mmrank_api_key and self.mode in HTTP_MODES else None
+        return build_reranker(self.mode, self.model, device=self.device, batch_size=self.batch_size, url=self.url,
+                              api_key=key, reranker_kwargs=self.reranker_kwargs)
 
     @property
     def scorer(self) -> mmrank.Reranker:

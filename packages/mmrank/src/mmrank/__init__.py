@@ -20,7 +20,7 @@ from .errors import (
 )
 from .inputs.documents import Document, Query
 from .inputs.images import ImagePolicy, load_image
-from .scorers.base import OnError, PointwiseReranker, RankedDocument, Reranker
+from .scorers.base import OnError, PointwiseReranker, PreparedRanking, RankedDocument, Reranker
 
 __version__ = "0.1.0"
 
@@ -46,7 +46,7 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
-    "Document", "Query", "RankedDocument", "Reranker", "PointwiseReranker", "OnError", "ImagePolicy",
+    "Document", "Query", "RankedDocument", "PreparedRanking", "Reranker", "PointwiseReranker", "OnError", "ImagePolicy",
     "load_image", "MMRankError", "InputError", "ImageLoadError", "ModelLoadError", "RemoteError",
     "UnsupportedInputError", "IdentifierTokenError", *_LAZY,
 ]

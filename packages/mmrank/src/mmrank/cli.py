@@ -46,7 +46,9 @@ def _query_arg(args: argparse.Namespace) -> Any:
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--mode", default="pointwise", choices=["pointwise", "listwise", "pairwise", "remote"],
+    from .scorers.factory import MODES
+
+    p.add_argument("--mode", default="pointwise", choices=MODES,
                    help="scorer (default: pointwise, jina-reranker-m0)")
     p.add_argument("--model", default=os.environ.get("MMRANK_MODEL"),
                    help="model id or local folder (default: the mode's default model; env MMRANK_MODEL)")

@@ -18,16 +18,21 @@ from llama_index.core.instrumentation import get_dispatcher
 from llama_index.core.instrumentation.events.rerank import ReRankEndEvent, ReRankStartEvent
 from llama_index.core.postprocessor.types import BaseNodePostprocessor
 from llama_index.core.schema import BaseNode, ImageNode, MetadataMode, NodeWithScore, QueryBundle
+from mmrank.integration import (
+    API_KEY_ENV,
+    ERROR_KEY,
+    HTTP_MODES,
+    RETRIEVAL_SCORE_KEY,
+    Mode,
+    build_reranker,
+    check_shared_reranker,
+    data_uri,
+    path_or_url,
+)
+
+__all__ = ["API_KEY_ENV", "ERROR_KEY", "RETRIEVAL_SCORE_KEY", "MMRankRerank", "node_image"]
 
 dispatcher = get_dispatcher(__name__)
-
-API_KEY_ENV = "MMRANK_API_KEY"
-#: Metadata key that holds the retriever's score when ``keep_retrieval_score=True``.
-RETRIEVAL_SCORE_KEY = "retrieval_score"
-#: Metadata key that holds why a node could not be scored (``on_error="last"``).
-ERROR_KEY = "rerank_error"
-
-_URL_PREFIXES = ("http://", "https://", "file://", "data:")
 
 
 class MMRankRerank(BaseNodePostprocessor):
@@ -49,7 +54,7 @@ class MMRankRerank(BaseNodePostprocessor):
         default=None,
         description="Model id or local folder; None uses the mode's default (jinaai/jina-reranker-m0 for pointwise).",
     )
-    mode: Literal["pointwise", "listwise", "pairwise", "remote"] = Field(
+    mode: Mode = Field(
         default="pointwise", description="mmrank scorer kind."
     )
     top_n: int | None = Field(default=5, description="Number of nodes to return (None: all), best first.")
@@ -83,7 +88,7 @@ class MMRankRerank(BaseNodePostprocessor):
         self,
         top_n: int | None = 5,
         model: str | None = None,
-        mode: Literal["pointwise", "listwise", "pairwise", "remote"] = "pointwise",
+        mode: Mode = "pointwise",
         device: str | None = None,
         batch_size: int | None = None,
         score_threshold: float | None = None,
@@ -97,14 +102,9 @@ class MMRankRerank(BaseNodePostprocessor):
     ) -> None:
         if top_n is not None and (not isinstance(top_n, int) or top_n < 1):
             raise ValueError(f"top_n must be a positive integer or None, got {top_n!r}")
-        if reranker is not None:
-            if not isinstance(reranker, mmrank.Reranker):
-                raise TypeError(f"reranker must be an mmrank.Reranker, got {type(reranker).__name__}")
-            given = [k for k, v in (("device", device), ("batch_size", batch_size), ("reranker_kwargs", reranker_kwargs)) if v]
-            if given:
-                raise ValueError(f"{', '.join(given)} configure a scorer that MMRankRerank loads; with reranker= "
-                                 "set them on that scorer instead")
-        if api_key is None and mode == "remote":
+        check_shared_reranker(reranker, "MMRankRerank", device=device, batch_size=batch_size,
+                              reranker_kwargs=reranker_kwargs)
+        if api_key is None and mode in HTTP_MODES:
             api_key = os.environ.get(API_KEY_ENV) or None
         super().__init__(
             top_n=top_n,
@@ -136,14 +136,13 @@ class MMRankRerank(BaseNodePostprocessor):
     def _load(self) -> mmrank.Reranker:
         # mmrank checks that each setting applies to the mode.
         key = self.api_key.get_secret_value() if self.api_key is not None else None
-        named = {"device": self.device, "batch_size": self.batch_size, "url": self.url, "api_key": key}
-        kwargs = {k: v for k, v in named.items() if v is not None} | dict(self.reranker_kwargs)
-        return mmrank.load_reranker(self.mode, self.model, **kwargs)
+        return build_reranker(self.mode, self.model, device=self.device, batch_size=self.batch_size, url=self.url,
+                              api_key=key, reranker_kwargs=self.reranker_kwargs)
 
     # ------------------------------------------------------------------ translation
     def _query(self, query_bundle: QueryBundle) -> mmrank.Query:
         image = getattr(query_bundle, "image_path", None)
-        return mmrank.Query(text=query_bundle.query_str or None, image=_as_source(image) if image else None)
+        return mmrank.Query(text=query_bundle.query_str or None, image=path_or_url(image) if image else None)
 
     def _documents(self, nodes: list[NodeWithScore]) -> list[mmrank.Document]:
         docs = []
@@ -242,34 +241,20 @@ def node_image(node: BaseNode) -> Any:
     """
     if isinstance(node, ImageNode):
         if node.image:
-            return _data_uri(node.image, node.image_mimetype)
+            return data_uri(node.image, node.image_mimetype)
         if node.image_path:
-            return _as_source(node.image_path)
+            return path_or_url(node.image_path)
         if node.image_url:
             return str(node.image_url)
     resource = getattr(node, "image_resource", None)
     if resource is not None:
         if resource.data:
-            data = resource.data.decode("ascii", "replace") if isinstance(resource.data, bytes) else resource.data
-            return _data_uri(data, resource.mimetype)
+            return data_uri(resource.data, resource.mimetype)
         if resource.path:
             return Path(resource.path)
         if resource.url:
             return str(resource.url)
     return None
-
-
-def _data_uri(b64: str, mimetype: str | None) -> str:
-    # LlamaIndex stores image bytes as base64; mmrank decodes (and validates) data: URIs.
-    if b64.startswith("data:"):
-        return b64
-    return f"data:{mimetype or ''};base64,{b64}"
-
-
-def _as_source(value: Any) -> Any:
-    if isinstance(value, str) and not value.lower().startswith(_URL_PREFIXES):
-        return Path(value)
-    return value
 
 
 def _copy_with_metadata(node: BaseNode, updates: dict[str, Any]) -> BaseNode:

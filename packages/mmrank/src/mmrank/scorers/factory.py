@@ -2,27 +2,31 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal, get_args
 
 from ..errors import InputError
 from .base import Reranker
 
-MODES = ("pointwise", "listwise", "pairwise", "remote")
+#: The scorer kinds: the one list of modes (the CLI, the server, the adapters and their type hints read it).
+Mode = Literal["pointwise", "listwise", "pairwise", "remote"]
+MODES: tuple[Mode, ...] = get_args(Mode)
 #: Modes whose scorers take ``device`` (the local models) and ``batch_size`` (pairs per forward pass; the
-#: listwise scorer batches by window instead).
-DEVICE_MODES = ("pointwise", "listwise", "pairwise")
-BATCH_MODES = ("pointwise", "pairwise")
+#: listwise scorer batches by window instead); the others talk to a server and take ``url`` and ``api_key``.
+DEVICE_MODES: tuple[Mode, ...] = ("pointwise", "listwise", "pairwise")
+BATCH_MODES: tuple[Mode, ...] = ("pointwise", "pairwise")
+HTTP_MODES: tuple[Mode, ...] = tuple(m for m in MODES if m not in DEVICE_MODES)
 
 
 def check_settings(mode: str, *, device: Any = None, batch_size: int | None = None, url: str | None = None,
-                   api_key: str | None = None) -> dict[str, Any]:
+                   api_key: str | None = None, token: str | None = None) -> dict[str, Any]:
     """The settings that were given (not ``None``), after checking that ``mode`` is known and uses each of
     them; :class:`InputError` (a ``ValueError``) otherwise. Integrations call it to fail at construction."""
     if mode not in MODES:
         raise InputError(f"unknown mode {mode!r}; use one of {MODES}")
     given = {}
     for name, value, modes in (("device", device, DEVICE_MODES), ("batch_size", batch_size, BATCH_MODES),
-                               ("url", url, ("remote",)), ("api_key", api_key, ("remote",))):
+                               ("url", url, HTTP_MODES), ("api_key", api_key, HTTP_MODES),
+                               ("token", token, DEVICE_MODES)):
         if value is None:
             continue
         if mode not in modes:
@@ -32,7 +36,7 @@ def check_settings(mode: str, *, device: Any = None, batch_size: int | None = No
     return given
 
 
-def load_reranker(mode: str = "pointwise", /, model: str | None = None, *, device: Any = None,
+def load_reranker(mode: Mode = "pointwise", /, model: str | None = None, *, device: Any = None,
                   batch_size: int | None = None, url: str | None = None, api_key: str | None = None,
                   **kwargs: Any) -> Reranker:
     """Build a scorer.
@@ -43,12 +47,13 @@ def load_reranker(mode: str = "pointwise", /, model: str | None = None, *, devic
     - ``remote``: :class:`mmrank.RemoteReranker` (``model`` is the served model name; pass ``url``).
 
     The common knobs are checked against the mode here, so a setting that a mode would not use is an error
-    rather than silently dropped: ``device`` (local modes), ``batch_size`` (pointwise, pairwise), ``url`` and
-    ``api_key`` (remote). Other ``kwargs`` go to the scorer's constructor. ``mode`` is positional-only, so the
+    rather than silently dropped: ``device`` and the hub ``token`` (local modes), ``batch_size`` (pointwise,
+    pairwise), ``url`` and ``api_key`` (remote). Other ``kwargs`` go to the scorer's constructor. ``mode`` is positional-only, so the
     listwise scorer's own ``mode`` (``"generate"`` / ``"single_pass"``) passes through:
     ``load_reranker("listwise", m, mode="single_pass")``.
     """
-    kwargs.update(check_settings(mode, device=device, batch_size=batch_size, url=url, api_key=api_key))
+    kwargs.update(check_settings(mode, device=device, batch_size=batch_size, url=url, api_key=api_key,
+                                 token=kwargs.pop("token", None)))
     if mode == "pointwise":
         from .pointwise import DEFAULT_MODEL, JinaRerankerM0
 
@@ -61,6 +66,8 @@ def load_reranker(mode: str = "pointwise", /, model: str | None = None, *, devic
         from .pairwise import PairwiseReranker
 
         return PairwiseReranker(model, **kwargs) if model else PairwiseReranker(**kwargs)
-    from .remote import RemoteReranker
+    if mode == "remote":
+        from .remote import RemoteReranker
 
-    return RemoteReranker(model=model, **kwargs) if model else RemoteReranker(**kwargs)
+        return RemoteReranker(model=model, **kwargs) if model else RemoteReranker(**kwargs)
+    raise NotImplementedError(f"mode {mode!r} is listed in Mode but load_reranker does not build it yet")

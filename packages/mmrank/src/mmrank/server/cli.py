@@ -13,13 +13,14 @@ _MiB = 1024 * 1024
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from ..scorers.factory import DEVICE_MODES
     from .config import ServerConfig
 
     d = ServerConfig()
     p = argparse.ArgumentParser(prog="mmrank serve",
                                 description="Serve a Jina-compatible /v1/rerank API over a local mmrank scorer.")
     g = p.add_argument_group("model")
-    g.add_argument("--mode", default="pointwise", choices=["pointwise", "listwise", "pairwise"])
+    g.add_argument("--mode", default="pointwise", choices=DEVICE_MODES)
     g.add_argument("--model", default=os.environ.get("MMRANK_MODEL"),
                    help="model id or local folder (default: the mode's default; env MMRANK_MODEL)")
     g.add_argument("--device", default=None, help="cuda, cpu, mps (default: best available)")

@@ -22,17 +22,21 @@ from haystack.dataclasses import ImageContent
 from haystack.utils import ComponentDevice, Secret, deserialize_secrets_inplace
 
 import mmrank
-from mmrank.scorers.factory import DEVICE_MODES, check_settings
+from mmrank.integration import (
+    API_KEY_ENV,
+    DEVICE_MODES,
+    ERROR_KEY,
+    RETRIEVAL_SCORE_KEY,
+    Mode,
+    build_reranker,
+    check_settings,
+    check_shared_reranker,
+    data_uri,
+)
+
+__all__ = ["API_KEY_ENV", "ERROR_KEY", "RETRIEVAL_SCORE_KEY", "MMRankRanker", "Mode"]
 
 logger = logging.getLogger(__name__)
-
-API_KEY_ENV = "MMRANK_API_KEY"
-#: Meta key that holds the retriever's score when ``keep_retrieval_score=True``.
-RETRIEVAL_SCORE_KEY = "retrieval_score"
-#: Meta key that holds why a Document could not be scored (``on_error="last"``).
-ERROR_KEY = "rerank_error"
-
-Mode = Literal["pointwise", "listwise", "pairwise", "remote"]
 
 
 @component
@@ -114,13 +118,8 @@ class MMRankRanker:
         if on_error not in ("last", "raise"):
             raise ValueError(f"on_error must be 'last' or 'raise', got {on_error!r}")
         check_settings(mode, batch_size=batch_size)  # ValueError now rather than at warm_up
-        if reranker is not None:
-            if not isinstance(reranker, mmrank.Reranker):
-                raise TypeError(f"reranker must be an mmrank.Reranker, got {type(reranker).__name__}")
-            given = [k for k, v in (("device", device), ("batch_size", batch_size), ("reranker_kwargs", reranker_kwargs)) if v]
-            if given:
-                raise ValueError(f"{', '.join(given)} configure a scorer that MMRankRanker loads; with reranker= "
-                                 "set them on that scorer instead")
+        check_shared_reranker(reranker, "MMRankRanker", device=device, batch_size=batch_size,
+                              reranker_kwargs=reranker_kwargs)
         if root_path and reranker is not None and not _same_root(reranker.image_policy.root_path, root_path):
             raise ValueError(
                 f"root_path={root_path!r} must also be the shared reranker's ImagePolicy.root_path (it is "
@@ -167,17 +166,21 @@ class MMRankRanker:
         # the hub token for local models, the API key for a remote server.
         local = self.mode in DEVICE_MODES
         secret = self.token if local else self.api_key
-        named = {
-            "device": self.device.to_torch_str() if isinstance(self.device, ComponentDevice) else self.device,
-            "batch_size": self.batch_size,
-            "url": self.url,
-            "token" if local else "api_key": secret.resolve_value() if secret else None,
-        }
-        kwargs: dict[str, Any] = {k: v for k, v in named.items() if v is not None} | dict(self.reranker_kwargs)
+        value = secret.resolve_value() if secret else None
+        kwargs = dict(self.reranker_kwargs)
         if self.root_path:
             policy = kwargs.get("image_policy") or mmrank.ImagePolicy()
             kwargs["image_policy"] = dataclasses.replace(policy, root_path=self.root_path)
-        return mmrank.load_reranker(self.mode, self.model, **kwargs)
+        return build_reranker(
+            self.mode,
+            self.model,
+            device=self.device.to_torch_str() if isinstance(self.device, ComponentDevice) else self.device,
+            batch_size=self.batch_size,
+            url=self.url,
+            token=value if local else None,
+            api_key=None if local else value,
+            reranker_kwargs=kwargs,
+        )
 
     # ------------------------------------------------------------------ serialization
     def to_dict(self) -> dict[str, Any]:
@@ -229,7 +232,7 @@ class MMRankRanker:
     # ------------------------------------------------------------------ translation
     def _query(self, query: str | ImageContent) -> mmrank.Query:
         if isinstance(query, ImageContent):
-            return mmrank.Query(image=f"data:{query.mime_type or ''};base64,{query.base64_image}")
+            return mmrank.Query(image=data_uri(query.base64_image, query.mime_type))
         return mmrank.Query(text=query)
 
     def _text(self, doc: Document) -> str | None:
