@@ -22,7 +22,7 @@ from .inputs.documents import Document, Query
 from .inputs.images import ImagePolicy, load_image
 from .scorers.base import OnError, PointwiseReranker, RankedDocument, Reranker
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 _LAZY = {
     "JinaRerankerM0": ("scorers.pointwise", "JinaRerankerM0"),
