@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+# Explicit re-export (``as``): type checkers treat a bare import in a py.typed package as private.
+from ._version import __version__ as __version__
 from .errors import (
     IdentifierTokenError,
     ImageLoadError,
@@ -21,8 +23,6 @@ from .errors import (
 from .inputs.documents import Document, Query
 from .inputs.images import ImagePolicy, load_image
 from .scorers.base import OnError, PointwiseReranker, RankedDocument, Reranker
-
-from ._version import __version__
 
 _LAZY = {
     "JinaRerankerM0": ("scorers.pointwise", "JinaRerankerM0"),
