@@ -32,8 +32,12 @@ _LAZY = {
     "load_reranker": ("scorers.factory", "load_reranker"),
 }
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .scorers.pointwise import JinaRerankerM0  # noqa: F401
+if TYPE_CHECKING:  # pragma: no cover - the lazy names' real types, for type checkers and the API reference
+    from .scorers.factory import load_reranker as load_reranker
+    from .scorers.listwise import ListwiseReranker as ListwiseReranker
+    from .scorers.pairwise import PairwiseReranker as PairwiseReranker
+    from .scorers.pointwise import JinaRerankerM0 as JinaRerankerM0
+    from .scorers.remote import RemoteReranker as RemoteReranker
 
 
 def __getattr__(name: str) -> Any:
