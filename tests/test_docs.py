@@ -5,6 +5,8 @@ public parameter is documented."""
 from __future__ import annotations
 
 import ast
+import functools
+import inspect
 import json
 import re
 import shlex
@@ -159,3 +161,135 @@ def test_lazy_public_names_are_imported_for_type_checkers():
     for name, (module, attr) in lazy.items():
         assert typed[name] == (module, name), name  # same module; `as name` re-exports explicitly
         assert attr == name
+
+
+# --- every public parameter is documented -----------------------------------------------------------------
+
+# The public API: what `mmrank` exports, and the adapters' public names.
+ADAPTER_API = {
+    "llama_index.postprocessor.mmrank_rerank": ["MMRankRerank"],
+    "langchain_mmrank": ["MMRankRerank", "document_image"],
+    "haystack_integrations.components.rankers.mmrank": ["MMRankRanker"],
+}
+_SEARCH_PATHS = [ROOT / "packages/mmrank/src", ROOT / "packages/llama-index-postprocessor-mmrank-rerank",
+                 ROOT / "packages/langchain-mmrank", ROOT / "packages/mmrank-haystack/src"]
+# Methods a framework's base class requires (documented there), and pydantic's hook.
+_FRAMEWORK_METHODS = {"class_name", "model_post_init"}
+
+
+def _public_api():
+    import importlib
+
+    objs = [(f"mmrank.{n}", getattr(mmrank, n)) for n in mmrank.__all__]
+    for module, names in ADAPTER_API.items():
+        mod = importlib.import_module(module)
+        objs += [(f"{module}.{n}", getattr(mod, n)) for n in names]
+    return [(name, obj) for name, obj in objs if inspect.isclass(obj) or inspect.isfunction(obj)]
+
+
+# Docstring style per package, as the API reference renders it (Haystack's convention is Sphinx-style).
+_STYLES = {"haystack_integrations": "sphinx"}
+
+
+def _style(module: str) -> str:
+    return _STYLES.get(module.split(".")[0], "google")
+
+
+def _documented(doc: str | None, style: str = "google") -> set[str]:
+    """Parameter names a docstring documents (Args / Keyword Args / Attributes, or Sphinx ``:param``),
+    parsed by griffe, the parser the API reference uses."""
+    import logging
+
+    import griffe
+
+    if not doc:
+        return set()
+    logging.getLogger("griffe").setLevel(logging.ERROR)
+    names = set()
+    for section in griffe.Docstring(inspect.cleandoc(doc), lineno=1).parse(style):
+        if section.kind.value in ("parameters", "other parameters", "attributes"):
+            names |= {p.name.lstrip("*") for p in section.value}
+    return names
+
+
+def _griffe_attribute_docs(path: str) -> set[str]:
+    """Fields documented by an attribute docstring (``x: int = 0`` followed by a string), read statically."""
+    import griffe
+
+    module, _, cls = path.rpartition(".")
+    try:
+        obj = _griffe_module(module)[cls]
+    except (KeyError, ImportError, griffe.AliasResolutionError):
+        return set()
+    if isinstance(obj, griffe.Alias):
+        obj = obj.final_target
+    return {name for name, m in obj.members.items() if m.is_attribute and m.docstring}
+
+
+@functools.cache
+def _griffe_module(module: str):
+    import griffe
+
+    return griffe.load(module, search_paths=[str(p) for p in _SEARCH_PATHS], resolve_aliases=False)
+
+
+def _params(func) -> list[str]:
+    if inspect.isclass(func):
+        # pydantic models: the signature it builds from the fields; else the class's own __init__ (a
+        # metaclass such as Haystack's component wraps the class call in *args/**kwargs).
+        if not hasattr(func, "model_fields") and "__init__" in vars(func):
+            func = func.__init__
+    try:
+        sig = inspect.signature(func)
+    except (TypeError, ValueError):
+        return []
+    return [p.name for p in sig.parameters.values() if p.name not in ("self", "cls")]
+
+
+def _undocumented() -> list[str]:
+    problems = []
+    for path, obj in _public_api():
+        style = _style(obj.__module__)
+        if inspect.isfunction(obj):
+            missing = [p for p in _params(obj) if p not in _documented(obj.__doc__, style)]
+            if not (obj.__doc__ or "").strip():
+                problems.append(f"{path}: no docstring")
+            elif missing:
+                problems.append(f"{path}: {missing}")
+            continue
+        defining = f"{obj.__module__}.{obj.__qualname__}"
+        init_doc = obj.__init__.__doc__ if "__init__" in vars(obj) else None
+        class_doc = _documented(obj.__doc__, style) | _documented(init_doc, style)
+        class_doc |= _griffe_attribute_docs(defining)
+        if not (obj.__doc__ or "").strip():
+            problems.append(f"{path}: no docstring")
+        if issubclass(obj, BaseException):
+            continue
+        # A pydantic field may be set by its alias (langchain-mmrank's ``api_key`` fills ``mmrank_api_key``).
+        aliases = {f.alias: n for n, f in (getattr(obj, "model_fields", None) or {}).items() if f.alias}
+        missing = [p for p in _params(obj) if p not in class_doc and aliases.get(p) not in class_doc]
+        if missing:
+            problems.append(f"{path}(): {missing}")
+        for name, member in vars(obj).items():
+            if name.startswith("_") or name in _FRAMEWORK_METHODS:
+                continue
+            func = member.__func__ if isinstance(member, classmethod | staticmethod) else member
+            if isinstance(member, property):
+                if not (member.__doc__ or "").strip():
+                    problems.append(f"{path}.{name}: property without docstring")
+                continue
+            if not inspect.isfunction(func):
+                continue
+            doc = inspect.getdoc(getattr(obj, name))  # inherited from the base when not overridden
+            if not (doc or "").strip():
+                problems.append(f"{path}.{name}: no docstring")
+                continue
+            missing = [p for p in _params(func) if p not in _documented(doc, style)]
+            if missing:
+                problems.append(f"{path}.{name}: {missing}")
+    return problems
+
+
+def test_every_public_parameter_is_documented():
+    problems = _undocumented()
+    assert not problems, "undocumented:\n" + "\n".join(problems)
