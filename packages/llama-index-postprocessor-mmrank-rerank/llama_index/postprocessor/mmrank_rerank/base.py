@@ -65,11 +65,13 @@ class MMRankRerank(BaseNodePostprocessor):
             ``max_length``, ``image_policy``, ``window_size``).
         reranker: an already-built :class:`mmrank.Reranker` to use instead of loading one (then ``device``,
             ``batch_size`` and ``reranker_kwargs`` must be set on that scorer).
-        callback_manager: LlamaIndex callback manager for the legacy ``CBEventType.RERANKING`` events
+        **kwargs: other fields of the postprocessor, below.
+
+    Keyword Args:
+        callback_manager (CallbackManager): LlamaIndex callback manager for the legacy ``CBEventType.RERANKING`` events
             (default: the global one).
-        metadata_mode: which metadata joins a node's text (``MetadataMode.EMBED`` by default, as
+        metadata_mode (MetadataMode): which metadata joins a node's text (``MetadataMode.EMBED`` by default, as
             LlamaIndex's own rerankers).
-        **kwargs: other fields of ``BaseNodePostprocessor`` (``callback_manager``, ``metadata_mode``).
     """
 
     model: str | None = Field(
