@@ -15,7 +15,8 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 FRAMEWORKS = ("llama_index", "langchain", "langchain_core", "langchain_classic", "haystack", "haystack_integrations")
 # Import name -> distribution name where they differ.
-DISTRIBUTION = {"PIL": "pillow", "yaml": "pyyaml"}
+DISTRIBUTION = {"PIL": "pillow", "yaml": "pyyaml", "llama_index": "llama-index-core", "langchain_core": "langchain-core",
+                "langchain_classic": "langchain-classic", "haystack": "haystack-ai"}
 
 ADAPTERS = {
     # package folder: (source folder, own import prefix, allowed third-party imports, framework distributions)
@@ -80,7 +81,18 @@ def test_each_adapter_imports_only_its_framework_and_the_core(package):
     other = {n for n in used if n.split(".")[0] in FRAMEWORKS and n.split(".")[0] not in allowed
              and not n.startswith(own)}
     assert not other
-    assert _declared(ROOT / "packages" / package / "pyproject.toml") <= framework_dists | {"mmrank"}
+    # Every package it imports is declared (a user installing the adapter alone gets it), and it declares
+    # nothing beyond its framework, mmrank and what it imports.
+    declared = _declared(ROOT / "packages" / package / "pyproject.toml")
+    imported = {_distribution(n) for n in used if not (n == own or n.startswith(own + "."))}
+    assert "mmrank" in imported
+    assert not imported - declared, f"{package} imports but does not declare {imported - declared}"
+    assert declared <= framework_dists | imported, f"{package} declares unused {declared - framework_dists - imported}"
+
+
+def _distribution(import_name: str) -> str:
+    top = import_name.split(".")[0]
+    return DISTRIBUTION.get(top, top).lower().replace("_", "-")
 
 
 # ---------------------------------------------------------------------------------------- scorers' seam

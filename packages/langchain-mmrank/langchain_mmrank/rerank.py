@@ -45,7 +45,15 @@ IMAGE_KEYS = ("image", "image_base64", "image_path", "image_url")
 
 
 def document_image(doc: Document) -> Any:
-    """The image source named by a document's metadata (see :data:`IMAGE_KEYS`), or None."""
+    """The image source named by a document's metadata (see :data:`IMAGE_KEYS`), or None.
+
+    Args:
+        doc: a LangChain ``Document``.
+
+    Returns:
+        What mmrank will read as the document's image (a path, URL, ``data:`` URI, bytes or PIL image), or
+        ``None`` when the metadata names none.
+    """
     meta = doc.metadata or {}
     for key in IMAGE_KEYS:
         value = meta.get(key)
@@ -160,7 +168,17 @@ class MMRankRerank(BaseDocumentCompressor):
         query: str,
         callbacks: Callbacks | None = None,
     ) -> Sequence[Document]:
-        """Rerank ``documents`` for ``query``; return copies of the best ``top_n``, best first."""
+        """Rerank ``documents`` for ``query``; return copies of the best ``top_n``, best first.
+
+        Args:
+            documents: the retrieved documents (text in ``page_content``, an image named in metadata: see
+                :data:`IMAGE_KEYS`).
+            query: the query text.
+            callbacks: LangChain callbacks (accepted for the interface; the compressor emits no events).
+
+        Returns:
+            Copies of the documents (ids kept) with ``metadata["relevance_score"]``, best first.
+        """
         if not documents:
             return []
         ranked = self.scorer.rank(query, self._documents(documents), **self._rank_options())
@@ -172,7 +190,16 @@ class MMRankRerank(BaseDocumentCompressor):
         query: str,
         callbacks: Callbacks | None = None,
     ) -> Sequence[Document]:
-        """Async :meth:`compress_documents`; the model runs in a worker thread, the event loop stays free."""
+        """Async :meth:`compress_documents`; the model runs in a worker thread, the event loop stays free.
+
+        Args:
+            documents: the retrieved documents.
+            query: the query text.
+            callbacks: LangChain callbacks (accepted for the interface; the compressor emits no events).
+
+        Returns:
+            Copies of the documents with ``metadata["relevance_score"]``, best first.
+        """
         if not documents:
             return []
         ranked = await self.scorer.arank(query, self._documents(documents), **self._rank_options())

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+# Explicit re-export (``as``): type checkers treat a bare import in a py.typed package as private.
+from ._version import __version__ as __version__
 from .errors import (
     IdentifierTokenError,
     ImageLoadError,
@@ -22,8 +24,6 @@ from .inputs.documents import Document, Query
 from .inputs.images import ImagePolicy, load_image
 from .scorers.base import OnError, PointwiseReranker, PreparedRanking, RankedDocument, Reranker
 
-__version__ = "0.1.0"
-
 _LAZY = {
     "JinaRerankerM0": ("scorers.pointwise", "JinaRerankerM0"),
     "ListwiseReranker": ("scorers.listwise", "ListwiseReranker"),
@@ -32,8 +32,12 @@ _LAZY = {
     "load_reranker": ("scorers.factory", "load_reranker"),
 }
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .scorers.pointwise import JinaRerankerM0  # noqa: F401
+if TYPE_CHECKING:  # pragma: no cover - the lazy names' real types, for type checkers and the API reference
+    from .scorers.factory import load_reranker as load_reranker
+    from .scorers.listwise import ListwiseReranker as ListwiseReranker
+    from .scorers.pairwise import PairwiseReranker as PairwiseReranker
+    from .scorers.pointwise import JinaRerankerM0 as JinaRerankerM0
+    from .scorers.remote import RemoteReranker as RemoteReranker
 
 
 def __getattr__(name: str) -> Any:

@@ -48,6 +48,35 @@ class MMRankRerank(BaseNodePostprocessor):
     when ``on_error="raise"``. Nodes are never mutated: a node whose metadata changes is copied.
 
     Pass ``reranker=`` (an :class:`mmrank.Reranker`) to share one loaded model between postprocessors.
+
+    The model loads when the postprocessor is built, so a wrong model name fails here, not mid-query.
+
+    Args:
+        top_n: nodes to return, best first (``None``: all).
+        model: model id or local folder; ``None`` uses the mode's default (``jinaai/jina-reranker-m0`` for
+            pointwise). With ``mode="remote"``, the model name the server is asked for.
+        mode: the mmrank scorer: ``"pointwise"``, ``"listwise"``, ``"pairwise"`` or ``"remote"``.
+        device: torch device, e.g. ``"cuda"`` or ``"cpu"`` (``None``: CUDA if available); local modes only.
+        batch_size: pairs per forward pass (``None``: the scorer's default); pointwise and pairwise only.
+        score_threshold: drop scored nodes below this score, before ``top_n`` counts (nodes that failed are
+            kept, last).
+        keep_retrieval_score: keep the retriever's score in ``metadata["retrieval_score"]``.
+        on_error: a node whose image cannot be read: ``"last"`` ranks it last with
+            ``metadata["rerank_error"]``, ``"raise"`` raises :class:`mmrank.ImageLoadError`.
+        url: server URL for ``mode="remote"``.
+        api_key: API key for ``mode="remote"`` (default: ``$MMRANK_API_KEY``); kept as a ``SecretStr`` and
+            never serialized.
+        reranker_kwargs: other options of the mmrank scorer, passed to :func:`mmrank.load_reranker` (e.g.
+            ``max_length``, ``image_policy``, ``window_size``).
+        reranker: an already-built :class:`mmrank.Reranker` to use instead of loading one (then ``device``,
+            ``batch_size`` and ``reranker_kwargs`` must be set on that scorer).
+        **kwargs: other fields of the postprocessor, below.
+
+    Keyword Args:
+        callback_manager (CallbackManager): LlamaIndex callback manager for the legacy ``CBEventType.RERANKING`` events
+            (default: the global one).
+        metadata_mode (MetadataMode): which metadata joins a node's text (``MetadataMode.EMBED`` by default, as
+            LlamaIndex's own rerankers).
     """
 
     model: str | None = Field(

@@ -45,9 +45,15 @@ class _LazyImage:
 class Document:
     """A candidate to rerank: ``text``, ``image`` or both.
 
-    ``image`` accepts anything :func:`mmrank.inputs.images.load_image` reads: a PIL image, bytes, a path, a
-    ``file://``/``http(s)://``/``data:`` URL or a base64 string. ``payload`` is the caller's object (a
-    LangChain ``Document``, a LlamaIndex node, ...), returned untouched with the result.
+    Args:
+        text: the document's text (``None`` or ``""``: no text).
+        image: the document's image: anything :func:`mmrank.load_image` reads — a PIL image, encoded bytes,
+            a path, a ``file://`` / ``http(s)://`` / ``data:`` URL or a base64 string. It is read lazily,
+            once, under the scorer's :class:`mmrank.ImagePolicy`.
+        id: your identifier; returned with the result and named in error messages.
+        payload: your own object (a LangChain ``Document``, a LlamaIndex node, ...), returned untouched with
+            the result.
+        metadata: free-form metadata, carried along (not scored).
     """
 
     text: str | None = None
@@ -65,10 +71,12 @@ class Document:
 
     @property
     def has_text(self) -> bool:
+        """Whether the document has non-empty text."""
         return self.text is not None and self.text != ""
 
     @property
     def has_image(self) -> bool:
+        """Whether the document names an image (readable or not)."""
         return self.image is not None
 
     @property
@@ -83,7 +91,15 @@ class Document:
         return "empty"
 
     def load_image(self, policy: ImagePolicy = DEFAULT_POLICY) -> Image.Image:
-        """The decoded RGB image (loaded once). Raises :class:`ImageLoadError` naming the source."""
+        """The decoded RGB image (loaded once, then cached on the document).
+
+        Args:
+            policy: the limits that apply when reading it (size, pixels, URL timeout, allowed sources).
+
+        Raises:
+            ImageLoadError: the image cannot be read; the message names the source.
+            InputError: the document has no image.
+        """
         if self._lazy is None:
             raise InputError("document has no image")
         return self._lazy.get(policy)
@@ -96,6 +112,12 @@ class Document:
         - PIL image, ``bytes`` or ``pathlib.Path`` → an image document;
         - mapping with ``text`` and/or ``image`` (plus optional ``id``, ``metadata``) → as named;
           the Jina API's ``{"image": "<url or base64>"}`` and ``{"text": ...}`` objects fit this shape.
+
+        Args:
+            value: the document in one of the shapes above.
+
+        Raises:
+            InputError: ``value`` fits none of them (the message says which shapes do).
         """
         if isinstance(value, Document):
             return value
@@ -118,7 +140,15 @@ class Document:
 
 @dataclass(eq=False)
 class Query:
-    """A query: text or an image (some scorers also accept both)."""
+    """A query: text or an image (some scorers also accept both).
+
+    Args:
+        text: the query text.
+        image: a query image, in any form :class:`Document` accepts.
+
+    Raises:
+        InputError: neither text nor an image was given.
+    """
 
     text: str | None = None
     image: ImageInput | None = None
@@ -132,26 +162,48 @@ class Query:
 
     @property
     def has_text(self) -> bool:
+        """Whether the query has non-empty text."""
         return self.text is not None and self.text != ""
 
     @property
     def has_image(self) -> bool:
+        """Whether the query has an image."""
         return self.image is not None
 
     @property
     def modality(self) -> str:
+        """``"text"``, ``"image"`` or ``"text+image"``."""
         if self.has_text and self.has_image:
             return "text+image"
         return "image" if self.has_image else "text"
 
     def load_image(self, policy: ImagePolicy = DEFAULT_POLICY) -> Image.Image:
+        """The decoded RGB query image (loaded once).
+
+        Args:
+            policy: the limits that apply when reading it.
+
+        Raises:
+            ImageLoadError: the image cannot be read; the message names the source.
+            InputError: the query has no image.
+        """
         if self._lazy is None:
             raise InputError("query has no image")
         return self._lazy.get(policy)
 
     @classmethod
     def coerce(cls, value: Any) -> Query:
-        """``str`` → text query; PIL image, bytes or ``Path`` → image query; mapping with text/image."""
+        """Build a Query from the shapes users naturally pass.
+
+        ``str`` → text query; PIL image, bytes or ``Path`` → image query; a mapping with ``text`` and/or
+        ``image``; a ``Query`` → itself.
+
+        Args:
+            value: the query in one of those shapes.
+
+        Raises:
+            InputError: ``value`` fits none of them, or is empty.
+        """
         if isinstance(value, Query):
             return value
         if isinstance(value, str):

@@ -53,12 +53,17 @@ class ImagePolicy:
     allow_private_addresses: bool = True
     """Whether http(s) URLs may point at loopback, private, link-local or otherwise non-public addresses."""
     max_redirects: int = 3
+    """Most HTTP redirects followed for an image URL (each hop is checked like the first)."""
     root_path: str | None = None
     """If set, local files must lie under this directory (guards path traversal)."""
 
     @classmethod
     def strict(cls, **overrides: Any) -> ImagePolicy:
-        """Policy for servers: no local files, no private addresses, http(s) and data URIs only."""
+        """Policy for servers: no local files, no private addresses, http(s) and data URIs only.
+
+        Args:
+            **overrides: fields to change from that base, e.g. ``ImagePolicy.strict(timeout=5.0)``.
+        """
         base = cls(schemes=frozenset({"http", "https", "data"}), allow_private_addresses=False)
         return replace(base, **overrides) if overrides else base
 
@@ -312,7 +317,16 @@ def _fetch_url(url: str, policy: ImagePolicy) -> Image.Image:
 
 
 def load_image(source: ImageInput, policy: ImagePolicy = DEFAULT_POLICY) -> Image.Image:
-    """Load ``source`` into an RGB PIL image, or raise :class:`ImageLoadError` saying why not."""
+    """Load ``source`` into an RGB PIL image, or raise :class:`ImageLoadError` saying why not.
+
+    Args:
+        source: a PIL image, encoded bytes, a path (``str`` or ``pathlib.Path``), a ``file://`` /
+            ``http(s)://`` URL, a ``data:`` URI or a bare base64 string.
+        policy: the limits that apply (sizes, pixels, URL timeout, schemes, addresses, root folder).
+
+    Raises:
+        ImageLoadError: the image cannot be read or breaks the policy; the message names the source.
+    """
     got = resolve_source(source, policy)
     if got.image is not None:
         _check_header(got.image, policy, got.source)

@@ -37,6 +37,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
+from .._version import __version__
 from ..errors import ImageLoadError, InputError, MMRankError
 from ..inputs.documents import Document, Query
 from ..scorers.base import PreparedRanking, RankedDocument, Ranking, Reranker
@@ -341,7 +342,7 @@ def create_app(scorer: Reranker, config: ServerConfig | None = None, *, mode: st
             service.worker.stop()
             service.prep_pool.shutdown(wait=False, cancel_futures=True)
 
-    app = FastAPI(title="mmrank serve", version="0.1.0", lifespan=lifespan,
+    app = FastAPI(title="mmrank serve", version=__version__, lifespan=lifespan,
                   description="Jina-compatible multimodal rerank API over a local mmrank scorer.")
     app.state.service = service
     service.worker.start()  # also when the app is driven without lifespan events
