@@ -8,6 +8,7 @@ import struct
 import zlib
 from pathlib import Path
 
+import numpy as np
 import pytest
 from mmrank import ImageLoadError, ImagePolicy, load_image
 from mmrank.inputs.images import check_url_host, image_fingerprint
@@ -37,12 +38,53 @@ def test_all_source_shapes_give_the_same_pixels(tmp_path: Path):
         assert img.tobytes() == ref.tobytes(), f"pixels differ for {type(src).__name__}"
 
 
-def test_rgba_and_palette_are_converted_to_rgb():
-    rgba = sample_image(1).convert("RGBA")
-    assert load_image(rgba).mode == "RGB"
+def test_rgba_and_palette_files_are_converted_to_rgb_pil_images_pass_through():
     buf = io.BytesIO()
     sample_image(2).convert("P").save(buf, format="PNG")
     assert load_image(buf.getvalue()).mode == "RGB"
+    # A caller's PIL image is handed to the image processor as it is, like the reference does.
+    rgba = sample_image(1).convert("RGBA")
+    assert load_image(rgba) is rgba
+
+
+def _with_exif_rotation(img: Image.Image) -> Image.Image:
+    buf = io.BytesIO()
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90° on display
+    img.save(buf, format="JPEG", exif=exif)
+    return Image.open(io.BytesIO(buf.getvalue()))
+
+
+def test_exif_rotation_applies_to_files_not_to_caller_pil_images():
+    opened = _with_exif_rotation(sample_image(1, size=(96, 40)))
+    assert load_image(opened).size == (96, 40)  # PIL input: untouched, as the reference
+    buf = io.BytesIO()
+    opened.save(buf, format="JPEG", exif=opened.getexif())
+    assert load_image(buf.getvalue()).size == (40, 96)  # bytes/files: EXIF-transposed, as load_image does
+
+
+@pytest.mark.parametrize("mode", ["RGB", "P", "L"])
+def test_png_colour_key_is_not_kept_after_rgb_conversion(mode):
+    """A PNG tRNS colour key survives Image.convert("RGB") in info; transformers 5's convert_to_rgb would
+    then paint those pixels white (the reference, transformers 4.x, does not): the loader drops it."""
+    from transformers.image_transforms import convert_to_rgb
+
+    img = sample_image(4, size=(32, 32)).convert(mode)
+    key = img.getpixel((0, 0))
+    buf = io.BytesIO()
+    img.save(buf, format="PNG", transparency=key)
+    assert "transparency" in Image.open(io.BytesIO(buf.getvalue())).info
+    loaded = load_image(buf.getvalue())
+    assert loaded.mode == "RGB" and "transparency" not in loaded.info
+    assert np.array_equal(np.array(convert_to_rgb(loaded)), np.array(loaded))
+    expected = Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
+    assert loaded.tobytes() == expected.tobytes()
+    # A caller's RGB PIL image with a key: the key goes (on a copy), the pixels and the caller's object stay.
+    opened = Image.open(io.BytesIO(buf.getvalue()))
+    if opened.mode == "RGB":
+        out = load_image(opened)
+        assert "transparency" not in out.info and "transparency" in opened.info
+        assert out.tobytes() == opened.tobytes()
 
 
 def test_truncated_png_is_a_clear_error():

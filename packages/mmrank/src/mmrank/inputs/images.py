@@ -6,8 +6,16 @@ an RGB PIL image under an :class:`ImagePolicy`: byte caps, a pixel cap checked f
 pixels are decoded (decompression bombs), URL timeouts, a scheme allow-list, and optionally a refusal of
 loopback / private / link-local addresses (SSRF) for servers that fetch URLs on behalf of others.
 
-Like ``transformers.image_utils.load_image`` (which jina-reranker-m0's reference code calls), the image is
-EXIF-transposed and converted to RGB, so both paths feed the same pixels to the image processor.
+Like ``transformers.image_utils.load_image`` (which jina-reranker-m0's reference code calls for paths and
+URLs), an image read from a file, bytes, base64 or a URL is EXIF-transposed and converted to RGB, so both
+paths feed the same pixels to the image processor. A PIL image the caller passes is **not** touched (no EXIF
+rotation, no mode conversion), as the reference passes PIL images to the processor as they are; the model's
+image processor converts its mode. The only change is dropping a transparency colour key from an RGB image
+(see :func:`_drop_colour_key`).
+
+Whatever goes wrong while reading one image — a decoder raising any exception type, a URL that fails or
+redirects somewhere it may not — surfaces as :class:`~mmrank.errors.ImageLoadError` and nothing else, so
+callers can turn it into that one document's error.
 """
 
 from __future__ import annotations
@@ -117,18 +125,64 @@ def decode_image_bytes(data: bytes, policy: ImagePolicy = DEFAULT_POLICY, source
                              f"(decompression-bomb guard): {exc}", source=source) from None
     except UnidentifiedImageError:
         raise ImageLoadError("bytes are not an image format Pillow can read", source=source) from None
-    except (OSError, SyntaxError, ValueError) as exc:
-        # Truncated or corrupt files land here ("image file is truncated", "broken data stream").
-        raise ImageLoadError(f"image data is corrupt or truncated: {exc}", source=source) from None
-    return _to_rgb(img)
+    except Exception as exc:  # noqa: BLE001 - decoders raise anything (OSError, SyntaxError, RuntimeError, ...)
+        # Truncated or corrupt files land here ("image file is truncated", "broken data stream", a corrupted
+        # AVIF's RuntimeError, an EOFError, a struct.error, ...): whatever the decoder raises is this image's
+        # problem, never the caller's whole call.
+        raise ImageLoadError(f"image data is corrupt or truncated: {type(exc).__name__}: {exc}",
+                             source=source) from None
+    try:
+        return _to_rgb(img)
+    except Exception as exc:  # noqa: BLE001 - some formats decode lazily inside convert()
+        raise ImageLoadError(f"image data is corrupt or truncated: {type(exc).__name__}: {exc}",
+                             source=source) from None
+
+
+def _drop_colour_key(img: Image.Image) -> Image.Image:
+    """``img`` without a transparency colour key when it is RGB.
+
+    ``Image.convert("RGB")`` keeps a PNG's ``tRNS`` colour key in ``info["transparency"]``; transformers 5's
+    ``convert_to_rgb`` honours that key and paints those pixels white, which the reference (transformers 4.x,
+    whose ``convert_to_rgb`` returns RGB images as they are) never does. The pixels are not changed."""
+    if img.mode == "RGB" and "transparency" in img.info:
+        img.info.pop("transparency", None)
+    return img
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
     try:
         img = ImageOps.exif_transpose(img) or img
-    except Exception:  # a broken EXIF block must not lose the image
+    except Exception:  # noqa: BLE001 - a broken EXIF block must not lose the image
         pass
-    return img.convert("RGB") if img.mode != "RGB" else img
+    out = img.convert("RGB") if img.mode != "RGB" else img
+    return _drop_colour_key(out)
+
+
+def _pass_through(img: Image.Image, policy: ImagePolicy, source: str) -> Image.Image:
+    """A caller's PIL image as the reference would feed it to the processor: untouched (no EXIF rotation,
+    no mode conversion; the image processor converts the mode), except that a colour key on an RGB image
+    is dropped on a shallow copy (see :func:`_drop_colour_key`). Lazily opened images are loaded here so
+    that a corrupt one is this image's error."""
+    _check_header(img, policy, source)
+    try:
+        img.load()
+    except Exception as exc:  # noqa: BLE001 - a lazily opened file may be corrupt
+        raise ImageLoadError(f"image data is corrupt or truncated: {type(exc).__name__}: {exc}",
+                             source=source) from None
+    if img.mode == "RGB" and "transparency" in img.info:
+        img = img.copy()
+        img.info.pop("transparency", None)
+    return img
+
+
+def processor_rgb(img: Image.Image) -> Image.Image:
+    """The RGB image a Qwen-VL image processor makes of ``img`` (transformers 4.x ``convert_to_rgb``: RGB as
+    it is, anything else composited onto white) — for paths that must send pixels, not the PIL object."""
+    if img.mode == "RGB":
+        return img
+    rgba = img.convert("RGBA")
+    background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+    return Image.alpha_composite(background, rgba).convert("RGB")
 
 
 def read_file_bytes(path: Path, policy: ImagePolicy, source: str) -> bytes:
@@ -145,10 +199,14 @@ def read_file_bytes(path: Path, policy: ImagePolicy, source: str) -> bytes:
             raise ImageLoadError(f"path lies outside the allowed root {root}", source=source)
     if not resolved.is_file():
         raise ImageLoadError("file does not exist or is not a regular file", source=source)
-    size = resolved.stat().st_size
-    if size > policy.max_bytes:
-        raise ImageLoadError(f"file is {size} bytes, over the limit of {policy.max_bytes} bytes", source=source)
-    return resolved.read_bytes()
+    try:
+        size = resolved.stat().st_size
+        if size > policy.max_bytes:
+            raise ImageLoadError(f"file is {size} bytes, over the limit of {policy.max_bytes} bytes",
+                                 source=source)
+        return resolved.read_bytes()
+    except OSError as exc:  # permissions, a file removed meanwhile, I/O errors
+        raise ImageLoadError(f"cannot read file: {exc.strerror or exc}", source=source) from None
 
 
 def _decode_base64(text: str, policy: ImagePolicy, source: str) -> bytes:
@@ -220,7 +278,7 @@ def resolve_source(source: ImageInput, policy: ImagePolicy = DEFAULT_POLICY) -> 
     # an inline image (the Jina API sends images as bare base64).
     if len(text) < 4096 and os.path.exists(text):
         return ResolvedSource(desc, data=read_file_bytes(Path(text), policy, desc))
-    if len(text) >= 64 and _looks_base64(text):
+    if _looks_base64(text):
         if "data" not in policy.schemes:
             raise ImageLoadError("inline base64 images are not allowed by this image policy", source=desc)
         return ResolvedSource(desc, data=_decode_base64(text, policy, desc))
@@ -317,7 +375,13 @@ def _fetch_url(url: str, policy: ImagePolicy) -> Image.Image:
 
 
 def load_image(source: ImageInput, policy: ImagePolicy = DEFAULT_POLICY) -> Image.Image:
-    """Load ``source`` into an RGB PIL image, or raise :class:`ImageLoadError` saying why not.
+    """Load ``source`` into a PIL image, or raise :class:`ImageLoadError` saying why not — and nothing else.
+
+    Files, bytes, base64, ``data:`` URIs and URLs are decoded, EXIF-transposed and converted to RGB (as
+    ``transformers.image_utils.load_image`` does in the reference). A PIL image passed by the caller is
+    returned as it is — no EXIF rotation, no mode conversion — like the reference, which hands PIL images to
+    the image processor untouched; only its size is checked against the policy (and a colour key on an RGB
+    image dropped, on a copy).
 
     Args:
         source: a PIL image, encoded bytes, a path (``str`` or ``pathlib.Path``), a ``file://`` /
@@ -325,25 +389,47 @@ def load_image(source: ImageInput, policy: ImagePolicy = DEFAULT_POLICY) -> Imag
         policy: the limits that apply (sizes, pixels, URL timeout, schemes, addresses, root folder).
 
     Raises:
-        ImageLoadError: the image cannot be read or breaks the policy; the message names the source.
+        ImageLoadError: the image cannot be read or breaks the policy — whatever failed underneath (any
+            decoder exception, a failed or redirected download); the message names the source.
     """
-    got = resolve_source(source, policy)
-    if got.image is not None:
-        _check_header(got.image, policy, got.source)
-        return _to_rgb(got.image)
-    if got.url is not None:
-        return _fetch_url(got.url, policy)
-    return decode_image_bytes(got.data, policy, got.source)  # type: ignore[arg-type]
+    try:
+        got = resolve_source(source, policy)
+        if got.image is not None:
+            return _pass_through(got.image, policy, got.source)
+        if got.url is not None:
+            return _fetch_url(got.url, policy)
+        return decode_image_bytes(got.data, policy, got.source)  # type: ignore[arg-type]
+    except ImageLoadError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - reading one image must never fail anything but that image
+        raise ImageLoadError(f"could not read the image: {type(exc).__name__}: {exc}",
+                             source=_safe_describe(source)) from None
+
+
+def _safe_describe(source: Any) -> str:
+    try:
+        return _describe(source)
+    except Exception:  # noqa: BLE001
+        return f"a {type(source).__name__}"
 
 
 def _looks_base64(text: str) -> bool:
-    head = "".join(text[:256].split())
-    return all(c.isalnum() or c in "+/=" for c in head)
+    """Whether ``text`` looks like inline base64 image data (the Jina API's bare form): at least 16
+    characters, and its first 512 non-space characters all from the standard base64 alphabet. The one rule
+    used by the library's loader and by ``mmrank serve``."""
+    window = text[:512].strip()
+    if " " in window:  # prose, not base64 (line breaks inside base64 are fine)
+        return False
+    head = "".join(window.split())
+    return len(head) >= 16 and all(c.isascii() and (c.isalnum() or c in "+/=") for c in head)
 
 
 def image_fingerprint(img: Image.Image) -> str:
     """A content hash of a decoded image (mode, size and pixels) — the key of feature caches."""
     h = hashlib.blake2b(digest_size=16)
     h.update(f"{img.mode}:{img.size[0]}x{img.size[1]}:".encode())
+    if img.mode in ("P", "PA"):  # a caller's palette image: same indices, other colours, other image
+        h.update(bytes(img.getpalette() or []))
+        h.update(repr(img.info.get("transparency")).encode())
     h.update(img.tobytes())
     return h.hexdigest()

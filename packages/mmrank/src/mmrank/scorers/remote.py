@@ -70,9 +70,16 @@ from typing import Any, Literal
 import httpx
 from PIL import Image
 
-from ..errors import InputError, RemoteError, UnsupportedInputError
+from ..errors import ImageLoadError, InputError, RemoteError, UnsupportedInputError
 from ..inputs.documents import Document, Query
-from ..inputs.images import DEFAULT_POLICY, ImagePolicy, decode_image_bytes, load_image, resolve_source
+from ..inputs.images import (
+    DEFAULT_POLICY,
+    ImagePolicy,
+    decode_image_bytes,
+    load_image,
+    processor_rgb,
+    resolve_source,
+)
 from .base import DocumentError, OnError, PreparedRanking, Reranker, _id_suffix
 
 logger = logging.getLogger("mmrank")
@@ -129,15 +136,21 @@ def _from_bytes(data: bytes, policy: ImagePolicy, source: str) -> WireImage:
 
 def encode_image(source: Any, policy: ImagePolicy = DEFAULT_POLICY) -> WireImage:
     """Turn any image input into its wire form without fetching URLs (see the module docstring)."""
-    got = resolve_source(source, policy)  # the local scorers' dispatch and checks
-    if got.url is not None:
-        return WireImage(url=got.url)
-    if got.image is not None:
-        img = load_image(got.image, policy)  # pixel cap, EXIF transpose, RGB — what a local scorer would see
-        buf = io.BytesIO()
-        img.save(buf, format="PNG")
-        return WireImage(data=base64.b64encode(buf.getvalue()).decode("ascii"), mime="image/png")
-    return _from_bytes(got.data, policy, got.source)  # type: ignore[arg-type]
+    try:
+        got = resolve_source(source, policy)  # the local scorers' dispatch and checks
+        if got.url is not None:
+            return WireImage(url=got.url)
+        if got.image is not None:
+            # pixel cap, then the RGB pixels the local scorer's image processor would see
+            img = processor_rgb(load_image(got.image, policy))
+            buf = io.BytesIO()
+            img.save(buf, format="PNG")
+            return WireImage(data=base64.b64encode(buf.getvalue()).decode("ascii"), mime="image/png")
+        return _from_bytes(got.data, policy, got.source)  # type: ignore[arg-type]
+    except ImageLoadError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - one image's failure is that image's error
+        raise ImageLoadError(f"could not encode the image: {type(exc).__name__}: {exc}") from None
 
 
 # ---------------------------------------------------------------------------------------------- helpers

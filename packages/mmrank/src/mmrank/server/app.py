@@ -40,6 +40,7 @@ from pydantic import ValidationError
 from .._version import __version__
 from ..errors import ImageLoadError, InputError, MMRankError
 from ..inputs.documents import Document, Query
+from ..inputs.images import _looks_base64
 from ..scorers.base import PreparedRanking, RankedDocument, Ranking, Reranker
 from .batching import ModelWorker, QueueFull
 from .config import ServerConfig
@@ -60,11 +61,6 @@ class HTTPError(Exception):
 
 def _error_response(status: int, message: str, headers: dict[str, str] | None = None, **extra: Any) -> JSONResponse:
     return JSONResponse({"detail": message, **extra}, status_code=status, headers=headers)
-
-
-def _looks_base64(text: str) -> bool:
-    head = "".join(text[:512].split())
-    return len(head) >= 16 and all(c.isalnum() or c in "+/=" for c in head)
 
 
 class _PixelBudget:
