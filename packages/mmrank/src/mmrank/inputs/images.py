@@ -285,12 +285,54 @@ def resolve_source(source: ImageInput, policy: ImagePolicy = DEFAULT_POLICY) -> 
     raise ImageLoadError("not an existing file, a URL, a data: URI or base64 image data", source=desc)
 
 
-def _is_public(addr: str) -> bool:
-    ip = ipaddress.ip_address(addr)
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return not (ip.is_private or ip.is_loopback or ip.is_link_local or ip.is_multicast or ip.is_reserved
-                or ip.is_unspecified)
+_NAT64 = (ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("64:ff9b:1::/48"))
+# Not globally reachable (IANA special-purpose registries) whatever this Python's ``ipaddress`` tables say
+# (they changed between 3.11 patch releases): refused in addition to ``not is_global``.
+_ALSO_BLOCKED = tuple(ipaddress.ip_network(n) for n in (
+    "0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16", "172.16.0.0/12",
+    "192.0.0.0/24", "192.0.2.0/24", "192.88.99.0/24", "192.168.0.0/16", "198.18.0.0/15", "198.51.100.0/24",
+    "203.0.113.0/24", "240.0.0.0/4", "::/127", "::ffff:0:0/96", "100::/64", "2001:db8::/32", "fc00::/7",
+    "fe80::/10", "fec0::/10"))
+
+
+def embedded_ipv4(ip: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
+    """The IPv4 addresses an IPv6 address carries and may deliver to: IPv4-mapped and IPv4-compatible
+    (``::a.b.c.d``), 6to4 (``2002:AABB:CCDD::/48``), Teredo (server and client), NAT64 (``64:ff9b::/96`` and
+    the local-use ``64:ff9b:1::/48``, last 32 bits)."""
+    out: list[ipaddress.IPv4Address] = []
+    if ip.ipv4_mapped is not None:
+        out.append(ip.ipv4_mapped)
+    if ip.sixtofour is not None:
+        out.append(ip.sixtofour)
+    if ip.teredo is not None:
+        out.extend(ip.teredo)
+    packed = int(ip)
+    if any(ip in net for net in _NAT64) or (packed >> 32 == 0 and packed > 0xFFFF):
+        out.append(ipaddress.IPv4Address(packed & 0xFFFFFFFF))  # NAT64, and deprecated ::a.b.c.d
+    return out
+
+
+def is_public_address(addr: str | ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    """Whether an address may be fetched by a server on behalf of others: only **globally routable**
+    addresses (``ipaddress``'s ``is_global``: no loopback, private, link-local, shared 100.64.0.0/10,
+    documentation, benchmarking, reserved, deprecated site-local fec0::/10 ...), never multicast, and the
+    same for every IPv4 address it embeds (IPv4-mapped, 6to4, Teredo, NAT64)."""
+    try:
+        ip = ipaddress.ip_address(addr.split("%", 1)[0] if isinstance(addr, str) else addr)
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address):
+        embedded = embedded_ipv4(ip)
+        if ip.ipv4_mapped is not None:  # the address *is* the IPv4 one
+            return is_public_address(ip.ipv4_mapped)
+        if embedded and not all(is_public_address(v4) for v4 in embedded):
+            return False
+    if ip.is_multicast or any(ip in net for net in _ALSO_BLOCKED if net.version == ip.version):
+        return False
+    return ip.is_global
+
+
+_is_public = is_public_address
 
 
 def check_url_host(url: str, policy: ImagePolicy) -> str | None:
@@ -312,7 +354,9 @@ def check_url_host(url: str, policy: ImagePolicy) -> str | None:
         if not _is_public(addr):
             raise ImageLoadError(
                 f"URL host {host!r} resolves to the non-public address {addr}; fetching it is refused "
-                "(loopback, private and link-local addresses are blocked by this image policy)", source=url)
+                "(only globally routable addresses are allowed by this image policy: loopback, private, "
+                "link-local, shared and reserved addresses, and IPv6 forms embedding them, are blocked)",
+                source=url)
     return str(infos[0][4][0])
 
 
