@@ -87,7 +87,7 @@ def test_image_query(jina_reranker, tmp_path):
 
 def test_bad_documents_are_kept_last_with_the_error(jina_reranker, tmp_path):
     docs = ["good one", Document(image=b"not an image", id="broken"), "good two",
-            Document(image=tmp_path / "missing.png"), Document(text="")]
+            Document(image=tmp_path / "missing.png"), Document(id="nothing")]
     ranked = jina_reranker.rank("q", docs)
     assert sorted(r.index for r in ranked) == [0, 1, 2, 3, 4]
     assert [r.index for r in ranked[:2]] in ([0, 2], [2, 0])
@@ -97,6 +97,19 @@ def test_bad_documents_are_kept_last_with_the_error(jina_reranker, tmp_path):
     assert "document 1" in tail[0].error and "broken" in tail[0].error and "not an image" in tail[0].error
     assert "does not exist" in tail[1].error
     assert "neither text nor image" in tail[2].error
+
+
+def test_empty_text_document_is_scored_as_the_reference_scores_it(jina_reranker):
+    """Haystack and LlamaIndex send "" for empty documents; the reference scores the prompt with an empty
+    document slot. Only a document with neither text nor image is an error."""
+    from mmrank.scorers.pointwise import jina_prompt
+
+    ranked = jina_reranker.rank("q", ["", Document(text=""), "text"])
+    assert all(r.score is not None for r in ranked)
+    empty = [r.score for r in ranked if r.index in (0, 1)]
+    assert empty[0] == pytest.approx(empty[1], abs=1e-6)
+    ids, _ = jina_reranker.processor.token_ids(jina_prompt("", "q"), [])
+    assert ids == jina_reranker.processor.tokenizer("**Document**:\n\n**Query**:\nq", add_special_tokens=False)["input_ids"]
 
 
 def test_bad_documents_raise_on_request(jina_reranker):

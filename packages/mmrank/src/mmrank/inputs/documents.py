@@ -18,6 +18,26 @@ from ..errors import ImageLoadError, InputError
 from .images import DEFAULT_POLICY, ImageInput, ImagePolicy, load_image
 
 
+def text_problem(text: Any) -> str | None:
+    """Why ``text`` cannot be used as text, or None: it must be a ``str`` that encodes to UTF-8 (no lone
+    surrogates — what JSON escapes such as ``"\\ud800"`` decode to, which no tokenizer or HTTP body takes)."""
+    if not isinstance(text, str):
+        return f"text must be a str, got {type(text).__name__}"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        bad = text[exc.start]
+        return (f"text is not valid Unicode: lone surrogate U+{ord(bad):04X} at character {exc.start} (an unpaired "
+                "\\ud800-\\udfff escape); send well-formed UTF-8 text")
+    return None
+
+
+def _check_image_type(image: Any, what: str) -> None:
+    if image is not None and not isinstance(image, (Image.Image, bytes, bytearray, memoryview, str, os.PathLike)):
+        raise InputError(f"{what}.image must be a PIL image, bytes, a path, a URL, a data: URI or base64 text, "
+                         f"got {type(image).__name__}")
+
+
 class _LazyImage:
     """Holds an image source and loads it on first use (at most once, thread-safe)."""
 
@@ -66,12 +86,13 @@ class Document:
     def __post_init__(self) -> None:
         if self.text is not None and not isinstance(self.text, str):
             raise InputError(f"Document.text must be a str, got {type(self.text).__name__}")
+        _check_image_type(self.image, "Document")
         if self.image is not None:
             self._lazy = _LazyImage(self.image)
 
     @property
     def has_text(self) -> bool:
-        """Whether the document has non-empty text."""
+        """Whether the document has non-empty text (an image document's ``""`` caption is no text)."""
         return self.text is not None and self.text != ""
 
     @property
@@ -81,17 +102,31 @@ class Document:
 
     @property
     def modality(self) -> str:
-        """``"text"``, ``"image"``, ``"text+image"`` or ``"empty"``."""
+        """``"text"``, ``"image"``, ``"text+image"`` or ``"empty"`` (neither text nor image).
+
+        ``Document(text="")`` is a text document whose text is empty — scored like the reference scores
+        it (Haystack and LlamaIndex send ``""`` for empty documents); ``Document(text="", image=...)`` is an
+        image document."""
         if self.has_text and self.has_image:
             return "text+image"
         if self.has_image:
             return "image"
-        if self.has_text:
+        if self.text is not None:
             return "text"
         return "empty"
 
+    def problem(self) -> str | None:
+        """Why this document cannot be scored by any scorer (no text and no image, text that is not text),
+        or None. Scorers turn it into this document's error; the rest of the call goes on."""
+        if self.modality == "empty":
+            return "document has neither text nor image"
+        if self.text is not None:
+            return text_problem(self.text)
+        return None
+
     def load_image(self, policy: ImagePolicy = DEFAULT_POLICY) -> Image.Image:
-        """The decoded RGB image (loaded once, then cached on the document).
+        """The decoded image (loaded once, then cached on the document): RGB for files, bytes and URLs; a
+        caller's PIL image as it is.
 
         Args:
             policy: the limits that apply when reading it (size, pixels, URL timeout, allowed sources).
@@ -155,6 +190,11 @@ class Query:
     _lazy: _LazyImage | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
+        if self.text is not None:
+            why = text_problem(self.text)
+            if why:
+                raise InputError(f"query: {why}")
+        _check_image_type(self.image, "Query")
         if self.image is not None:
             self._lazy = _LazyImage(self.image)
         if (self.text is None or self.text == "") and self.image is None:
@@ -215,13 +255,19 @@ class Query:
             if unknown:
                 raise InputError(f"unknown query field(s) {sorted(unknown)}; use 'text' and/or 'image'")
             return cls(text=value.get("text"), image=value.get("image"))
-        raise InputError(f"cannot make a query from a {type(value).__name__}")
+        raise InputError(f"cannot make a query from a {type(value).__name__}; pass a str, a PIL image, a Path, "
+                         "bytes, a mapping with 'text'/'image', or mmrank.Query")
 
 
 def coerce_documents(documents: Iterable[Any]) -> list[Document]:
     """Coerce every item, naming the position of the first that does not fit."""
-    if isinstance(documents, (str, bytes, Mapping)):
-        raise InputError("documents must be a list, not a single " + type(documents).__name__)
+    if documents is None or isinstance(documents, (str, bytes, bytearray, Mapping, Document, Image.Image,
+                                                   os.PathLike)):
+        raise InputError("documents must be a list (or another iterable) of documents, not "
+                         + ("None" if documents is None else "a single " + type(documents).__name__))
+    if not isinstance(documents, Iterable):
+        raise InputError(f"documents must be a list (or another iterable) of documents, not a "
+                         f"{type(documents).__name__}")
     out = []
     for i, d in enumerate(documents):
         try:

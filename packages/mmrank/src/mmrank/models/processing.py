@@ -34,6 +34,20 @@ from ..errors import InputError
 
 IMAGE_PLACEHOLDER = "<|vision_start|><|image_pad|><|vision_end|>"
 IMAGE_PAD = "<|image_pad|>"
+#: What ``<|image_pad|>`` written in user text becomes in a prompt (see :func:`protect_text`): a lone
+#: surrogate, which user text can never hold (mmrank refuses such text as not being text), so no string a
+#: caller sends can create or remove an image slot.
+USER_IMAGE_PAD = "\udbff"
+
+
+def protect_text(text: str) -> str:
+    """User text ready to be put into a prompt whose ``<|image_pad|>`` markers stand for images.
+
+    The text's own ``<|image_pad|>`` strings stay the token the tokenizer makes of them (as in the reference,
+    which tokenizes user text with the special tokens recognised) but no longer count as image slots: they are
+    tokenized as that token id with ``mm_token_type_ids`` 0 — plain text to the model. Every other special
+    token string is tokenized as the tokenizer does."""
+    return text.replace(IMAGE_PAD, USER_IMAGE_PAD)
 
 
 @dataclass(frozen=True)
@@ -170,12 +184,32 @@ class VisionTextProcessor:
         """Token ids of a text segment without special-token additions (memoised: prompts repeat)."""
         ids = self._segment_cache.get(text)
         if ids is None:
-            ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+            ids = self._tokenize([text])[0]
             if len(text) < 4096:
                 self._segment_cache[text] = ids
                 if len(self._segment_cache) > 4096:
                     self._segment_cache.popitem(last=False)
         return list(ids)
+
+    def _tokenize(self, texts: list[str]) -> list[list[int]]:
+        """Token ids of each text; a user's ``<|image_pad|>`` (see :func:`protect_text`) is the image token id
+        there, as the tokenizer would make it, but stays text."""
+        if not any(USER_IMAGE_PAD in t for t in texts):
+            return [list(x) for x in self.tokenizer(texts, add_special_tokens=False)["input_ids"]]
+        out = []
+        for t in texts:
+            pieces = t.split(USER_IMAGE_PAD)
+            enc = self.tokenizer([p for p in pieces if p], add_special_tokens=False)["input_ids"] \
+                if any(pieces) else []
+            it = iter(enc)
+            ids: list[int] = []
+            for k, p in enumerate(pieces):
+                if k:
+                    ids.append(self.image_token_id)
+                if p:
+                    ids.extend(next(it))
+            out.append(ids)
+        return out
 
     def max_tokens_bound(self, text: str) -> int | None:
         """An upper bound on the token count of ``text`` without tokenizing it, or None if unknown.
@@ -191,7 +225,7 @@ class VisionTextProcessor:
         out: list[list[int] | None] = [self._segment_cache.get(t) for t in texts]
         todo = list(dict.fromkeys(t for t, ids in zip(texts, out, strict=True) if ids is None))
         if todo:
-            enc = self.tokenizer(todo, add_special_tokens=False)["input_ids"]
+            enc = self._tokenize(todo)
             fresh = dict(zip(todo, enc, strict=True))
             for t, ids in fresh.items():
                 if len(t) < 4096:

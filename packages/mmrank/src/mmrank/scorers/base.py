@@ -308,8 +308,9 @@ class Reranker(ABC):
 
     def _shape_error(self, i: int, doc: Document) -> InputError | None:
         """The error of a document this scorer cannot take whatever its image holds, or ``None``."""
-        if doc.modality == "empty":
-            return InputError(f"document {i}{_id_suffix(doc)}: document has neither text nor image")
+        problem = doc.problem()  # no text nor image, text that is not text
+        if problem:
+            return InputError(f"document {i}{_id_suffix(doc)}: {problem}")
         if doc.has_image and not self.supports_image_documents:
             return InputError(f"document {i}{_id_suffix(doc)}: {type(self).__name__} does not accept image documents")
         return None

@@ -57,7 +57,7 @@ from ..models.dummy import build_checkpoint, is_dummy, warn_dummy
 from ..models.features import DEFAULT_CACHE_BYTES, FeatureCache, VisionEncoder
 from ..models.jina import SCORE_TOKEN_ID, JinaVLForRanking, logits_to_scores
 from ..models.loading import guarded_load, hub_kwargs, pick_device, pick_dtype
-from ..models.processing import IMAGE_PLACEHOLDER, ImageFeatures, VisionTextProcessor
+from ..models.processing import IMAGE_PAD, IMAGE_PLACEHOLDER, ImageFeatures, VisionTextProcessor, protect_text
 from .base import OnError, PointwiseReranker
 
 logger = logging.getLogger("mmrank")
@@ -182,15 +182,23 @@ class JinaRerankerM0(PointwiseReranker):
     def _check_image(self, image) -> None:
         self.processor.resized_size(*image.size)  # InputError for sizes the image processor refuses
 
-    def _doc_text(self, text: str) -> str:
+    def _read_image(self, item: Document | Query) -> None:
+        super()._read_image(item)
+        if item.text and IMAGE_PAD in item.text:
+            # The reference cannot score it: its processor counts one more image slot than there are images.
+            raise InputError(f"the text contains the image placeholder token {IMAGE_PAD} next to a real image; "
+                             "jina-reranker-m0 cannot tell them apart — remove the token from the text")
+
+    def _doc_text(self, text: str, limit: int | None = None) -> str:
         # Reference: encode with truncation at max_doc_length; only if the limit was reached, decode.
+        limit = self.max_doc_length if limit is None else limit
         bound = self.processor.max_tokens_bound(text)
-        if bound is not None and bound < self.max_doc_length:
+        if bound is not None and bound < limit:
             return text  # cannot reach the limit: no need to tokenize it here (it is tokenized once, later)
         ids = self.processor.tokenize_segment(text) if len(text) < 4096 else \
             self.processor.tokenizer(text, add_special_tokens=False)["input_ids"]
-        if len(ids) >= self.max_doc_length:
-            return self.processor.tokenizer.decode(ids[: self.max_doc_length])
+        if len(ids) >= limit:
+            return self.processor.tokenizer.decode(ids[: max(0, limit)])
         return text
 
     def _image_ref(self, image) -> _ImageRef:
@@ -206,30 +214,56 @@ class JinaRerankerM0(PointwiseReranker):
                 raise InputError("jina-reranker-m0 takes a text query or an image query, not both")
             query_ref = self._image_ref(query.load_image(self.image_policy))
             query_ref.pinned = True  # the same image in every pair: encoded once per call
-        query_part = IMAGE_PLACEHOLDER if query_ref is not None else (query.text or "")
+        # protect_text: a caller's "<|image_pad|>" stays the token the reference makes of it, never a slot
+        query_part = IMAGE_PLACEHOLDER if query_ref is not None else protect_text(query.text or "")
+        def prompt_of(d: Document, text_limit: int | None = None) -> str:
+            if d.has_image:
+                doc_part = IMAGE_PLACEHOLDER + ("\n" + protect_text(self._doc_text(d.text, text_limit))
+                                                if d.has_text else "")
+            else:
+                doc_part = protect_text(self._doc_text(d.text or "", text_limit))
+            return jina_prompt(doc_part, query_part)
+
         prompts, refs = [], []
         for d in documents:
             images: list[_ImageRef] = []
             if d.has_image:
                 images.append(self._image_ref(d.load_image(self.image_policy)))
-                doc_part = IMAGE_PLACEHOLDER + ("\n" + self._doc_text(d.text) if d.has_text else "")
-            else:
-                doc_part = self._doc_text(d.text or "")
             if query_ref is not None:
                 images.append(query_ref)  # reference order: document image first, then the query image
-            prompts.append(jina_prompt(doc_part, query_part))
+            prompts.append(prompt_of(d))
             refs.append(images)
         token_lists = self.processor.token_ids_many(prompts, [[r.grid for r in imgs] for imgs in refs])
         limit = self.max_length - 1  # reference: the processor gets max_length - 1, token 100 is appended
         items = []
-        for (ids, tt), imgs in zip(token_lists, refs, strict=True):
+        for k, ((ids, tt), imgs) in enumerate(zip(token_lists, refs, strict=True)):
+            if len(ids) > limit and any(tt[limit:]):
+                ids, tt = self._fit_text(documents[k], k, prompt_of, [r.grid for r in imgs], len(ids) - limit)
             if len(ids) > limit:
-                if any(tt[limit:]):
-                    raise InputError(f"a prompt of {len(ids)} tokens would be truncated through an image; "
-                                     "raise max_length or lower max_pixels")
                 ids, tt = ids[:limit], tt[:limit]
             items.append(_Item(ids + [SCORE_TOKEN_ID], tt + [0], imgs))
         return items
+
+    def _fit_text(self, doc: Document, index: int, prompt_of, grids, excess: int) -> tuple[list[int], list[int]]:
+        """A prompt whose right-truncation would cut through an image (an image query after a long text
+        document): the reference fails there; cut the document's text by as many tokens instead, the way the
+        reference cuts a document (encode, cut, decode). If that cannot help, the error names the document."""
+        limit = self.max_length - 1
+        if doc.has_text:
+            n_text = len(self.processor.tokenize_segment(doc.text or "")) if len(doc.text or "") < 4096 else \
+                len(self.processor.tokenizer(doc.text, add_special_tokens=False)["input_ids"])
+            budget = min(n_text, self.max_doc_length)
+            for _ in range(4):  # decode/encode may not round-trip exactly: a few tries at most
+                budget -= excess
+                if budget < 0:
+                    break
+                ids, tt = self.processor.token_ids(prompt_of(doc, budget), grids)
+                if len(ids) <= limit or not any(tt[limit:]):
+                    return ids, tt
+                excess = max(1, len(ids) - limit)
+        raise InputError(f"document {index}{' (id=' + repr(doc.id) + ')' if doc.id is not None else ''}: its prompt "
+                         f"does not fit in max_length={self.max_length} tokens without cutting through an image; "
+                         "raise max_length or lower max_pixels")
 
     def _batches(self, items: list[_Item]) -> list[list[int]]:
         order = list(range(len(items)))
