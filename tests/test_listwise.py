@@ -261,3 +261,16 @@ def test_dummy_load_format_runs_random_architecture(capsys):
     assert r.model_name == "dummy:tiny" and r.vlm.is_dummy
     assert "RANDOM WEIGHTS" in capsys.readouterr().err
     assert sorted(d.index for d in r.rank(QUERY, ["a", "b", "c", "d"])) == [0, 1, 2, 3]
+
+
+@pytest.mark.parametrize("limit", [None, 3, 300])
+def test_passage_whitespace_is_collapsed_whether_or_not_the_passage_is_cut(limit):
+    """Issue 11 class 9: newlines, tabs and runs of spaces in a passage read the same with or without a cut."""
+    rr = _reranker("qwen2_vl", max_passage_words=limit)
+    messy = "pandas\n\n eat\t\tbamboo   [3]\r\nin  the forest"
+    conv, _ = rr.window_conversation(QUERY, [messy, "other"])
+    rendered = rr.vlm.render(conv)
+    words = "pandas eat bamboo (3) in the forest".split()
+    expected = " ".join(words[:limit] if limit else words)
+    line = [x for x in rendered.splitlines() if "bamboo" in x][0]
+    assert line.endswith(expected + "<|im_end|>") and "\t" not in line and "  " not in line, line

@@ -216,3 +216,61 @@ def test_first_token_plan_scores_mixed_tokenization():
     assert split.keep == 1 and split.scores(logits) == [4.0, 0.0]
     merged = FirstTokenPlan(("A", "B"), (5,), (7, 5), ("merged", "merged"))
     assert merged.append_ids == () and merged.scores(logits[:1]) == [3.0, 2.0]
+
+
+# ---------------------------------------------------------------- odd model output (issue 11 class 9)
+DIGIT_LOOKALIKES = ["³", "①", "⑩", "２", "١", "٣", "۵", "𝟕", "¹", "₂", "Ⅻ", "½", "〇", "߃"]
+OUTPUT_PIECES = st.one_of(
+    st.text(max_size=12),
+    st.sampled_from(["[", "]", "［", "］", " > ", ">", "<think>", "</think>", "\n", "[1", "[A", "1]", "[12"]),
+    st.sampled_from(DIGIT_LOOKALIKES),
+    st.integers(0, 30).map(lambda i: f"[{i}]"),
+)
+
+
+@settings(max_examples=400, derandomize=True, database=None)
+@given(pieces=st.lists(OUTPUT_PIECES, max_size=25), n=st.integers(1, 26),
+       kind=st.sampled_from(["numbers", "letters", "custom"]))
+def test_any_unicode_output_parses_to_a_permutation_and_never_raises(pieces, n, kind):
+    ids = [f"p{i}" for i in range(n)] if kind == "custom" else make_identifiers(kind, n)
+    text = "".join(pieces)
+    mentions = parse_ranking(text, ids)
+    assert all(isinstance(i, int) and -1 <= i < n for i in mentions)
+    assert sorted(parse_permutation(text, ids)) == list(range(n))
+
+
+@settings(max_examples=300, derandomize=True, database=None)
+@given(text=st.text(alphabet=st.characters(codec=None), max_size=300), n=st.integers(1, 30))
+def test_arbitrary_unicode_including_surrogates_never_raises(text, n):
+    assert sorted(parse_permutation(text, make_identifiers("numbers", n))) == list(range(n))
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("[³] > [①] > [2]", [2, 0, 1]),  # superscript and circled digits read as their value
+    ("［２］ > ［１］", [1, 0]),  # full-width brackets and digits
+    ("[١٢] > [2]", [11, 1]),  # Arabic-Indic digits
+    ("<think>[5] > [4] first?</think>\n[2] > [1]", [1, 0]),  # reasoning is not the answer
+    ("<THINK>hmm</THINK>[3]>[1]", [2, 0]),
+    ("<think>draft: [5] > [4] > [3]\nand more", [4, 3, 2]),  # cut while thinking: the last draft
+    ("</think>[7] > [6]", [6, 5]),  # block opened in the prompt
+    ("[3] > [5] > [2", [2, 4, 1]),  # truncated last identifier, unambiguous
+    ("[3] > [5] > [1", [2, 4]),  # "[1" could be 1, 10, 11, 12: not guessed
+    ("[3] > [5] > [10] > [11] > [12] > [1", [2, 4, 9, 10, 11, 0]),  # only 1 is left that it can be
+])
+def test_odd_outputs_parse_as_well_as_they_can(text, expected):
+    assert parse_ranking(text, make_identifiers("numbers", 12)) == expected
+
+
+def test_truncated_letter_identifier():
+    assert parse_ranking("[C] > [A] > [B", LET5) == [2, 0, 1]
+
+
+@settings(max_examples=200, derandomize=True, database=None)
+@given(text=st.text(max_size=60), lookalike=st.sampled_from(DIGIT_LOOKALIKES + ["7", "B"]))
+def test_escaped_passages_never_read_as_identifiers(text, lookalike):
+    """Whatever a passage holds, after escaping it names no bracketed identifier (look-alikes included)."""
+    passage = escape_identifiers(f"{text} [{lookalike}] ［{lookalike}］ {text}")
+    from mmrank.ranking.permutation import _BRACKETED, _normalise
+
+    for m in _BRACKETED.finditer(_normalise(passage)):
+        assert not m.group(1).isdigit() and not (len(m.group(1)) <= 2 and m.group(1).isalpha()), passage

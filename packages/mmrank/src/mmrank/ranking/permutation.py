@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import re
 import string
+import unicodedata
 from collections.abc import Callable, Sequence
 
 from ..errors import InputError
@@ -131,35 +132,98 @@ def format_ranking(identifiers: Sequence[str]) -> str:
 
 
 _BRACKETED = re.compile(r"\[\s*([^\[\]\s]{1,16})\s*\]")
+_THINK_BLOCK = re.compile(r"<think>.*?</think>", re.DOTALL | re.IGNORECASE)
+_THINK_OPEN = re.compile(r"<think>", re.IGNORECASE)
+_THINK_CLOSE = re.compile(r"</think>", re.IGNORECASE)
+_TRAILING_OPEN = re.compile(r"\[\s*([^\[\]\s]{1,16})\s*$")
 
 
-def parse_ranking(text: str, identifiers: Sequence[str]) -> list[int]:
-    """Positions mentioned in a model's answer, in order of mention (not yet repaired).
+def _normalise(text: str) -> str:
+    """NFKC folds the digit and bracket look-alikes models emit into ASCII: ``[³]`` → ``[3]``, ``[①]`` →
+    ``[1]``, ``［２］`` → ``[2]``, ``⑩`` → ``10``."""
+    return unicodedata.normalize("NFKC", text)
 
-    Identifiers in brackets (``[2] > [1]``) are read first. If the answer has none, bare identifiers are
-    accepted: any run of digits for numeric identifiers (as RankGPT keeps only the digits), otherwise
-    whole words equal to an identifier (``B > A > C``). Unknown identifiers map to ``-1`` so that repair
-    can ignore them."""
-    if not isinstance(text, str):
-        return []
-    index = {x.upper(): i for i, x in enumerate(identifiers)}
+
+def _answer_part(text: str) -> tuple[str, str]:
+    """(the answer, the reasoning) of a model's output: ``<think>…</think>`` blocks are reasoning; an
+    unclosed ``<think>`` (output cut while thinking) makes the rest reasoning; text before a lone ``</think>``
+    (a template that opened the block in the prompt) is reasoning too."""
+    thoughts = [m.group(0) for m in _THINK_BLOCK.finditer(text)]
+    answer = _THINK_BLOCK.sub(" ", text)
+    close = list(_THINK_CLOSE.finditer(answer))
+    if close:
+        thoughts.append(answer[: close[-1].start()])
+        answer = answer[close[-1].end():]
+    opened = _THINK_OPEN.search(answer)
+    if opened:
+        thoughts.append(answer[opened.end():])
+        answer = answer[: opened.start()]
+    return answer, "\n".join(thoughts)
+
+
+def _to_int(token: str) -> int | None:
+    try:
+        return int(token)  # any Unicode decimal digits ("١٢" is 12); "³" is not one and fails
+    except ValueError:
+        return None
+
+
+def _mentions(text: str, identifiers: Sequence[str], index: dict[str, int], numeric: bool) -> list[int]:
     found = [m.group(1) for m in _BRACKETED.finditer(text)]
-    if not any(f.upper() in index for f in found):
-        if identifiers and all(x.isdigit() for x in identifiers):
-            found = re.findall(r"\d+", text)
-        else:
-            words = re.findall(r"[^\s>\[\],;.()]+", text)
-            found = [w for w in words if w.upper() in index]
+    usable = any(f.upper() in index or (numeric and _to_int(f) is not None) for f in found)
+    if usable:
+        # An answer cut in the middle of its last identifier ("... > [2"): take it when it can only be one
+        # identifier (no identifier not yet mentioned is longer and starts with it).
+        tail = _TRAILING_OPEN.search(text)
+        if tail and not text.rstrip().endswith("]"):
+            key = tail.group(1).upper()
+            seen = {f.upper() for f in found}
+            longer = [x for x in index if x != key and x.startswith(key) and x not in seen]
+            if key in index and not longer:
+                found.append(tail.group(1))
+    elif numeric:
+        found = re.findall(r"\d+", text)
+    else:
+        words = re.findall(r"[^\s>\[\],;.()]+", text)
+        found = [w for w in words if w.upper() in index]
     out: list[int] = []
     for f in found:
         key = f.upper()
         if key in index:
             out.append(index[key])
-        elif key.isdigit() and all(x.isdigit() for x in identifiers):
+        elif numeric and (value := _to_int(key)) is not None:
             # "[07]" is 7; out-of-range numbers are ignored by repair
-            out.append(index.get(str(int(key)), -1))
+            out.append(index.get(str(value), -1))
         else:
             out.append(-1)
+    return out
+
+
+def parse_ranking(text: str, identifiers: Sequence[str]) -> list[int]:
+    """Positions mentioned in a model's answer, in order of mention (not yet repaired). Never raises.
+
+    The text is NFKC-normalised first (``[³]``, ``[①]``, full-width ``［２］`` read as ASCII), and
+    ``<think>…</think>`` reasoning is set aside: the answer after it is read; only if the answer names no
+    identifier is the reasoning's last line that does used (an output cut while thinking). Identifiers in
+    brackets (``[2] > [1]``) are read first; an answer cut inside its last identifier (``[3] > [2``) keeps
+    it when it is unambiguous. If the answer has no bracketed identifier, bare identifiers are accepted: any
+    run of digits for numeric identifiers (as RankGPT keeps only the digits), otherwise whole words equal to
+    an identifier (``B > A > C``). Unknown identifiers map to ``-1`` so that repair can ignore them."""
+    if not isinstance(text, str) or not identifiers:
+        return []
+    try:
+        text = _normalise(text)
+    except Exception:  # noqa: BLE001 - e.g. lone surrogates: read the text as it is
+        pass
+    index = {str(x).upper(): i for i, x in enumerate(identifiers)}
+    numeric = all(str(x).isascii() and str(x).isdigit() for x in identifiers)
+    answer, thoughts = _answer_part(text)
+    out = _mentions(answer, identifiers, index, numeric)
+    if not any(i >= 0 for i in out) and thoughts:
+        for line in reversed(thoughts.splitlines()):
+            got = _mentions(line, identifiers, index, numeric)
+            if sum(i >= 0 for i in got) >= 2:
+                return got
     return out
 
 
@@ -168,13 +232,21 @@ def parse_permutation(text: str, identifiers: Sequence[str]) -> list[int]:
     return repair_permutation(parse_ranking(text, identifiers), len(identifiers))
 
 
-_IDENTIFIER_LIKE = re.compile(r"\[\s*(\d+|[A-Za-z]{1,2})\s*\]")
+_IDENTIFIER_LIKE = re.compile(r"[\[\uff3b]\s*([^\[\]\uff3b\uff3d\s]{1,16})\s*[\]\uff3d]")
+_ID_SHAPE = re.compile(r"\d+|[A-Za-z]{1,2}")
 
 
 def escape_identifiers(text: str) -> str:
-    """Rewrite identifier-like patterns in passage text — ``[12]``, ``[B]`` — as ``(12)``, ``(B)``, so that
+    """Rewrite identifier-like patterns in passage text — ``[12]``, ``[B]``, and their look-alikes that the
+    parser would read as identifiers (``[³]``, ``[①]``, ``［２］``) — as ``(12)``, ``(B)``, ``(³)``, so that
     neither the model nor the parser confuses the text with the identifiers of the prompt."""
-    return _IDENTIFIER_LIKE.sub(lambda m: f"({m.group(1)})", text)
+    def sub(m: re.Match) -> str:
+        inner = m.group(1)
+        if _ID_SHAPE.fullmatch(unicodedata.normalize("NFKC", inner)):
+            return f"({inner})"
+        return m.group(0)
+
+    return _IDENTIFIER_LIKE.sub(sub, text)
 
 
 def rank_scores(n: int) -> list[float]:

@@ -288,11 +288,12 @@ class ListwiseReranker(Reranker):
         self.vlm.processor.resized_size(*image.size)  # InputError for sizes the image processor refuses
 
     def _text(self, text: str) -> str:
+        # Whitespace is collapsed always (as RankGPT does: " ".join(content.split()[:max_length])), not only
+        # when the passage is cut: a passage reads the same whether or not it reached max_passage_words.
+        words = text.split()
         if self.max_passage_words is not None:
-            words = text.split()
-            if len(words) > self.max_passage_words:
-                text = " ".join(words[: self.max_passage_words])
-        return self.vlm.clean(escape_identifiers(text))
+            words = words[: self.max_passage_words]
+        return self.vlm.clean(escape_identifiers(" ".join(words)))
 
     def _template(self, query: Query, documents: Sequence[Document]) -> ListwisePrompt:
         if isinstance(self.prompt, ListwisePrompt):
