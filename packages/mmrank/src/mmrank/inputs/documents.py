@@ -259,8 +259,7 @@ class Query:
                          "bytes, a mapping with 'text'/'image', or mmrank.Query")
 
 
-def coerce_documents(documents: Iterable[Any]) -> list[Document]:
-    """Coerce every item, naming the position of the first that does not fit."""
+def _check_documents_container(documents: Any) -> None:
     if documents is None or isinstance(documents, (str, bytes, bytearray, Mapping, Document, Image.Image,
                                                    os.PathLike)):
         raise InputError("documents must be a list (or another iterable) of documents, not "
@@ -268,6 +267,11 @@ def coerce_documents(documents: Iterable[Any]) -> list[Document]:
     if not isinstance(documents, Iterable):
         raise InputError(f"documents must be a list (or another iterable) of documents, not a "
                          f"{type(documents).__name__}")
+
+
+def coerce_documents(documents: Iterable[Any]) -> list[Document]:
+    """Coerce every item, naming the position of the first that does not fit."""
+    _check_documents_container(documents)
     out = []
     for i, d in enumerate(documents):
         try:
@@ -278,4 +282,7 @@ def coerce_documents(documents: Iterable[Any]) -> list[Document]:
 
 
 def as_sequence(documents: Sequence[Any] | Iterable[Any]) -> list[Any]:
+    """``documents`` as a list (a generator is consumed here), or :class:`InputError` if it is no list of
+    documents at all (None, a single string, a number, ...)."""
+    _check_documents_container(documents)
     return list(documents)

@@ -35,7 +35,7 @@ from typing import Any, Union
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from ..errors import ImageLoadError
+from ..errors import ImageLoadError, InputError
 
 ImageInput = Union["Image.Image", bytes, bytearray, str, os.PathLike]
 
@@ -64,6 +64,22 @@ class ImagePolicy:
     """Most HTTP redirects followed for an image URL (each hop is checked like the first)."""
     root_path: str | None = None
     """If set, local files must lie under this directory (guards path traversal)."""
+
+    def __post_init__(self) -> None:
+        for name in ("max_bytes", "max_pixels", "max_redirects"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise InputError(f"ImagePolicy.{name} must be a non-negative integer, got {v!r}")
+        if isinstance(self.timeout, bool) or not isinstance(self.timeout, (int, float)) or not self.timeout > 0:
+            raise InputError(f"ImagePolicy.timeout must be a positive number of seconds, got {self.timeout!r}")
+        if isinstance(self.schemes, (str, bytes)) or not isinstance(self.schemes, (set, frozenset, list, tuple)) \
+                or not all(isinstance(x, str) for x in self.schemes):
+            raise InputError(f"ImagePolicy.schemes must be a set of scheme names, got {self.schemes!r}")
+        object.__setattr__(self, "schemes", frozenset(x.lower() for x in self.schemes))
+        if not isinstance(self.allow_private_addresses, bool):
+            raise InputError("ImagePolicy.allow_private_addresses must be True or False")
+        if self.root_path is not None and not isinstance(self.root_path, (str, os.PathLike)):
+            raise InputError(f"ImagePolicy.root_path must be a path or None, got {type(self.root_path).__name__}")
 
     @classmethod
     def strict(cls, **overrides: Any) -> ImagePolicy:
@@ -435,7 +451,10 @@ def load_image(source: ImageInput, policy: ImagePolicy = DEFAULT_POLICY) -> Imag
     Raises:
         ImageLoadError: the image cannot be read or breaks the policy — whatever failed underneath (any
             decoder exception, a failed or redirected download); the message names the source.
+        InputError: ``policy`` is not an :class:`ImagePolicy`.
     """
+    if not isinstance(policy, ImagePolicy):
+        raise InputError(f"policy must be an mmrank.ImagePolicy, got {type(policy).__name__}")
     try:
         got = resolve_source(source, policy)
         if got.image is not None:

@@ -170,6 +170,10 @@ class Reranker(ABC):
     def __init__(self, *, on_error: OnError = "last", image_policy: ImagePolicy = DEFAULT_POLICY,
                  show_progress: bool = False, image_workers: int = 4):
         self.on_error: OnError = check_on_error(on_error)
+        if not isinstance(image_policy, ImagePolicy):
+            raise InputError(f"image_policy must be an mmrank.ImagePolicy, got {type(image_policy).__name__}")
+        if isinstance(image_workers, bool) or not isinstance(image_workers, int):
+            raise InputError(f"image_workers must be a positive integer, got {image_workers!r}")
         self.image_policy = image_policy
         self.show_progress = show_progress
         self.image_workers = max(1, int(image_workers))
@@ -319,7 +323,7 @@ class Reranker(ABC):
     def _begin(self, query: Any, documents: Any, top_n: Any, score_threshold: Any, on_error: Any,
                refused: Sequence[DocumentError | None] | None) -> PreparedRanking:
         """Check the call's options; coerce the query and the documents."""
-        policy = check_on_error(on_error or self.on_error)
+        policy = check_on_error(self.on_error if on_error is None else on_error)
         top_n, score_threshold = check_top_n(top_n), check_score_threshold(score_threshold)
         q, docs = Query.coerce(query), coerce_documents(documents)
         if refused is not None and len(refused) != len(docs):
