@@ -231,3 +231,47 @@ def test_url_answers_that_are_no_image(image_host, body, ctype):
     _Handler.routes["/x"] = (200, {"Content-Type": ctype}, body)
     with pytest.raises(ImageLoadError):
         load_image(image_host + "/x", ImagePolicy(timeout=2.0))
+
+
+# ------------------------------------------------------------------ the server reads through the same loader
+@pytest.fixture(scope="module")
+def server_client(jina_reranker):
+    from fastapi.testclient import TestClient
+    from mmrank.server import ServerConfig, create_app
+
+    with TestClient(create_app(jina_reranker, ServerConfig())) as client:
+        yield client
+
+
+@settings(max_examples=10, derandomize=True, deadline=None, database=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture,
+                                 HealthCheck.data_too_large])
+@given(mutated())
+def test_server_answers_a_mutated_image_document_with_200_or_a_422_naming_it(server_client, case):
+    import base64
+
+    body = {"query": "q", "documents": ["a text", {"image": base64.b64encode(case[1]).decode()}]}
+    resp = server_client.post("/v1/rerank", json=body)
+    assert resp.status_code in (200, 422), resp.text[:300]
+    if resp.status_code == 422:
+        assert "document 1" in resp.json()["detail"]
+    else:
+        assert sorted(r["index"] for r in resp.json()["results"]) == [0, 1]
+
+
+def test_server_decoder_exception_of_any_type_is_the_documents_error(server_client, monkeypatch):
+    """A decoder raising RuntimeError (as a corrupt AVIF does) inside the server's image reading."""
+    import base64
+
+    real_load = Image.Image.load
+
+    def boom(self, *a, **k):
+        if getattr(self, "format", None) == "GIF":
+            raise RuntimeError("decoder exploded")
+        return real_load(self, *a, **k)
+
+    monkeypatch.setattr(Image.Image, "load", boom)
+    body = {"query": "q", "documents": ["a text", {"image": base64.b64encode(VALID["GIF"]).decode()}]}
+    resp = server_client.post("/v1/rerank", json=body)
+    assert resp.status_code == 422 and "document 1" in resp.json()["detail"]
+    assert "RuntimeError" in resp.json()["detail"]
