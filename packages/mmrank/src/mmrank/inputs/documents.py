@@ -218,7 +218,7 @@ class Query:
         return "image" if self.has_image else "text"
 
     def load_image(self, policy: ImagePolicy = DEFAULT_POLICY) -> Image.Image:
-        """The decoded RGB query image (loaded once).
+        """The decoded query image (loaded once): RGB for files, bytes and URLs; a caller's PIL image as it is.
 
         Args:
             policy: the limits that apply when reading it.
