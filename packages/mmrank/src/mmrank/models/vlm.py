@@ -7,9 +7,8 @@
 operations the scorers need: next-token logits at the end of a batch of prompts, greedy generation, and
 tokenization checks.
 
-Conversations are lists of ``{"role": ..., "content": ...}`` messages whose content is a string or a list
-of parts ``{"type": "text", "text": ...}`` / ``{"type": "image"}``; the images themselves are passed
-alongside, in order of appearance (see :class:`Conversation`).
+Prompts are built model-agnostically by :mod:`mmrank.scorers.prompts` (a ``Conversation`` of turns with text
+and image parts); :meth:`InstructVLM.render` renders one through the chat template.
 """
 
 from __future__ import annotations
@@ -22,8 +21,7 @@ import shutil
 import tempfile
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from PIL import Image
@@ -59,31 +57,15 @@ _FALLBACK_CHAT_TEMPLATE = (
 _VISION_TOKENS = ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>", "<|vision_pad|>")
 
 
-@dataclass
-class Conversation:
-    """A chat being built: messages with text and image parts, and the images in order of appearance."""
+class ChatLike(Protocol):
+    """What :meth:`InstructVLM.render` takes (e.g. :class:`mmrank.scorers.prompts.Conversation`): messages
+    in the Hugging Face chat-template format and the images in order of appearance."""
 
-    messages: list[dict[str, Any]] = field(default_factory=list)
-    images: list[Image.Image] = field(default_factory=list)
+    @property
+    def messages(self) -> list[dict[str, Any]]: ...
 
-    def add(self, role: str, *parts: str | Image.Image) -> Conversation:
-        """Append a message made of text and image parts (adjacent texts are merged; empty ones dropped)."""
-        content: list[dict[str, Any]] = []
-        for p in parts:
-            if isinstance(p, Image.Image):
-                content.append({"type": "image"})
-                self.images.append(p)
-            elif p:
-                if content and content[-1]["type"] == "text":
-                    content[-1]["text"] += p
-                else:
-                    content.append({"type": "text", "text": p})
-        if all(c["type"] == "text" for c in content):
-            # Plain strings render identically in every Qwen-VL template and also in text-only templates.
-            self.messages.append({"role": role, "content": "".join(c["text"] for c in content)})
-        else:
-            self.messages.append({"role": role, "content": content})
-        return self
+    @property
+    def images(self) -> list[Image.Image]: ...
 
 
 class InstructVLM:
@@ -181,7 +163,7 @@ class InstructVLM:
                 text = text.replace(t, t[0] + " " + t[1:])
         return text
 
-    def render(self, conv: Conversation, *, continue_with: str = "") -> str:
+    def render(self, conv: ChatLike, *, continue_with: str = "") -> str:
         """The conversation through the chat template, ending with the assistant's generation prompt
         (plus ``continue_with``, text the answer is forced to begin with)."""
         text = self.tokenizer.apply_chat_template(conv.messages, chat_template=self.chat_template,

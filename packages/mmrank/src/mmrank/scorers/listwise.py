@@ -34,21 +34,15 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any, Literal
 
-import torch
-from PIL import Image
-
-from ..errors import IdentifierTokenError, InputError
+from ..errors import InputError
 from ..inputs.documents import Document, Query
 from ..inputs.images import DEFAULT_POLICY, ImagePolicy
 from ..models.loading import hub_kwargs
-from ..models.vlm import DEFAULT_INSTRUCT_MODEL, Conversation, InstructVLM
+from ..models.vlm import DEFAULT_INSTRUCT_MODEL, InstructVLM
 from ..ranking.permutation import (
-    escape_identifiers,
     format_ranking,
     make_identifiers,
     parse_permutation,
@@ -57,120 +51,32 @@ from ..ranking.permutation import (
     sliding_windows,
 )
 from .base import OnError, Reranker
+from .prompts import (
+    LISTWISE_PROMPTS,
+    MULTIMODAL_PROMPT,
+    TEXT_PROMPT,
+    Conversation,
+    FirstTokenPlan,
+    ListwisePrompt,
+    VLMImageCheck,
+    first_token_plan,
+    listwise_conversation,
+    listwise_template,
+)
+
+__all__ = ["ListwiseReranker", "ListwisePrompt", "TEXT_PROMPT", "MULTIMODAL_PROMPT", "PROMPTS", "FirstTokenPlan",
+           "DEFAULT_MODEL", "Mode"]
 
 logger = logging.getLogger("mmrank")
+
+#: the named templates (``prompt="text"`` / ``"multimodal"``); defined in :mod:`mmrank.scorers.prompts`
+PROMPTS = LISTWISE_PROMPTS
 
 DEFAULT_MODEL = DEFAULT_INSTRUCT_MODEL
 Mode = Literal["generate", "single_pass"]
 
 
-@dataclass(frozen=True)
-class ListwisePrompt:
-    """A RankGPT-style multi-turn template. Placeholders: ``{num}`` (window size), ``{query}`` (query text,
-    or the query image in ``intro``), ``{kind}`` ("number identifier", "letter identifier" or
-    "identifier"), ``{id}``, ``{text}``, ``{image}``, ``{example}`` (e.g. ``[1] > [2]``)."""
-
-    name: str
-    system: str
-    intro: str
-    intro_ack: str
-    passage_prefix: str
-    text_line: str
-    image_line: str
-    passage_ack: str
-    final: str
-    #: how the final instruction names an image-only query
-    image_query_ref: str = "the query image given above"
-
-
-#: Rank-Nexus, Table 8, "Text-based Listwise Reranking" (the RankGPT prompt).
-TEXT_PROMPT = ListwisePrompt(
-    name="text",
-    system="You are RankGPT, an intelligent assistant that can rank passages based on their relevancy to the query.",
-    intro="I will provide you with {num} passages, each indicated by {kind} []. Rank the passages based on "
-          "their relevance to query: {query}.",
-    intro_ack="Okay, please provide the passages.",
-    passage_prefix="[{id}] ",
-    text_line="{text}",
-    image_line="{image}",
-    passage_ack="Received passage [{id}].",
-    final="Search Query: {query}. Rank the {num} passages above based on their relevance. The output format "
-          "should be [] > [], e.g., {example}. Only response the ranking results, do not say any word or explain.",
-)
-
-#: Rank-Nexus, Table 8, "Image-based Listwise Reranking" (text + image documents; a missing part's line
-#: is left out).
-MULTIMODAL_PROMPT = ListwisePrompt(
-    name="multimodal",
-    system="You are a multimodal reranking assistant. Rank documents containing both text and images based on "
-           "their relevance to the query.",
-    intro="I will provide you with {num} multimodal documents, each containing text and images. Rank them by "
-          "relevance to query: {query}.",
-    intro_ack="Understood. Please provide the documents.",
-    passage_prefix="[{id}] ",
-    text_line="Text: {text}",
-    image_line="Image: {image}",
-    passage_ack="Received document [{id}].",
-    final="Query: {query}. Rank the {num} documents considering both textual and visual content. Output format: "
-          "[] > [], e.g., {example}. Only provide the ranking, no explanation.",
-)
-
-PROMPTS = {"text": TEXT_PROMPT, "multimodal": MULTIMODAL_PROMPT}
-
-_PLACEHOLDER = re.compile(r"\{(\w+)\}")
-
-
-def fill(template: str, **values: Any) -> list[str | Image.Image]:
-    """Substitute ``{name}`` placeholders by text or images, without ``str.format`` (user text may hold
-    braces). Returns the parts in order (strings and images)."""
-    parts: list[str | Image.Image] = []
-    pos = 0
-    for m in _PLACEHOLDER.finditer(template):
-        parts.append(template[pos:m.start()])
-        v = values.get(m.group(1), m.group(0))
-        parts.extend(v if isinstance(v, list) else [v])
-        pos = m.end()
-    parts.append(template[pos:])
-    return [p if isinstance(p, Image.Image) else str(p) for p in parts]
-
-
-@dataclass(frozen=True)
-class FirstTokenPlan:
-    """How single-pass ranking reads a window's order from logits (see :meth:`ListwiseReranker.first_token_plan`).
-
-    ``opener_ids`` are appended to the prompt (the forced start of the answer). For each identifier,
-    ``kind[i]`` is ``"split"`` (the opener is its own token(s) and the identifier is the single token
-    ``token_ids[i]`` after it) or ``"merged"`` (the tokenizer writes opener + identifier as the single token
-    ``token_ids[i]``, read one position earlier). With only split identifiers the ranking is by the logits
-    of ``token_ids`` at the last position."""
-
-    identifiers: tuple[str, ...]
-    opener_ids: tuple[int, ...]
-    token_ids: tuple[int, ...]
-    kinds: tuple[str, ...]
-
-    @property
-    def append_ids(self) -> tuple[int, ...]:
-        return self.opener_ids if "split" in self.kinds else ()
-
-    @property
-    def keep(self) -> int:
-        return 2 if ("split" in self.kinds and "merged" in self.kinds) else 1
-
-    def scores(self, logits: torch.Tensor) -> list[float]:
-        """Per-identifier scores from the last ``keep`` positions' logits ``(keep, vocab)``."""
-        if self.keep == 1:
-            row = logits[-1]
-            return [float(row[t]) for t in self.token_ids]
-        # Mixed tokenization: compare log P(answer starts with "[x") under the canonical tokens of "[x".
-        before = torch.log_softmax(logits[-2].float(), dim=-1)
-        after = torch.log_softmax(logits[-1].float(), dim=-1)
-        opener = float(before[self.opener_ids[0]])
-        return [float(before[t]) if k == "merged" else opener + float(after[t])
-                for t, k in zip(self.token_ids, self.kinds, strict=True)]
-
-
-class ListwiseReranker(Reranker):
+class ListwiseReranker(VLMImageCheck, Reranker):
     """Listwise reranking with an instruction-tuned VLM (Rank-Nexus / RankGPT prompts; FIRST single pass).
 
     Args:
@@ -213,7 +119,7 @@ class ListwiseReranker(Reranker):
         sliding_windows(0, window_size, step)  # validates window_size and step
         if mode not in ("generate", "single_pass"):
             raise InputError(f"mode must be 'generate' or 'single_pass', got {mode!r}")
-        if isinstance(prompt, str) and prompt not in ("auto", *PROMPTS):
+        if isinstance(prompt, str) and prompt not in ("auto", *LISTWISE_PROMPTS):
             raise InputError(f"prompt must be 'auto', 'text', 'multimodal' or a ListwisePrompt, got {prompt!r}")
         if max_new_tokens is not None and max_new_tokens < 1:
             raise InputError("max_new_tokens must be >= 1")
@@ -245,103 +151,23 @@ class ListwiseReranker(Reranker):
 
         The answer's canonical tokenization is taken in context (right after the assistant turn's start).
         Raises :class:`IdentifierTokenError` naming the identifier and its tokens otherwise."""
-        if n in self._plans:
-            return self._plans[n]
-        ids = make_identifiers(self.identifiers, n)
-        prefix = "assistant\n"
-        base = self.vlm.token_ids(prefix)
+        if n not in self._plans:
+            self._plans[n] = first_token_plan(self.vlm.token_ids, self.vlm.tokens,
+                                              make_identifiers(self.identifiers, n), self.model_name, opener)
+        return self._plans[n]
 
-        def tail(text: str) -> list[int]:
-            full = self.vlm.token_ids(prefix + text)
-            if full[:len(base)] != base:
-                raise IdentifierTokenError(f"cannot isolate the tokens of {text!r} in {self.model_name}'s tokenizer")
-            return full[len(base):]
-
-        opener_ids = tail(opener)
-        tokens: list[int] = []
-        kinds: list[str] = []
-        for x in ids:
-            t = tail(opener + x)
-            if len(t) == len(opener_ids) + 1 and t[:len(opener_ids)] == opener_ids:
-                tokens.append(t[-1])
-                kinds.append("split")
-            elif len(t) == 1 and len(opener_ids) == 1:
-                tokens.append(t[0])
-                kinds.append("merged")
-            else:
-                shown = self.vlm.tokens(t[len(opener_ids):] if t[:len(opener_ids)] == opener_ids else t)
-                raise IdentifierTokenError(
-                    f"single-pass listwise ranking needs every identifier to be exactly one token, but in the "
-                    f"tokenizer of {self.model_name} the identifier {x!r} (written {opener + x!r}) is "
-                    f"{len(shown)} tokens {shown}. Use identifiers='letters' (A..Z, one token each in Qwen "
-                    f"tokenizers; at most 26 per window), a window_size whose identifiers are single tokens, "
-                    f"or mode='generate'.")
-        if len(set(tokens)) != len(tokens):
-            raise IdentifierTokenError(f"identifiers {ids} do not map to distinct tokens in {self.model_name}'s "
-                                       "tokenizer; choose other identifiers")
-        plan = FirstTokenPlan(tuple(ids), tuple(opener_ids), tuple(tokens), tuple(kinds))
-        self._plans[n] = plan
-        return plan
-
-    # ------------------------------------------------------------------ documents
-    def _check_image(self, image) -> None:
-        self.vlm.processor.resized_size(*image.size)  # InputError for sizes the image processor refuses
-
-    def _text(self, text: str) -> str:
-        # Whitespace is collapsed always (as RankGPT does: " ".join(content.split()[:max_length])), not only
-        # when the passage is cut: a passage reads the same whether or not it reached max_passage_words.
-        words = text.split()
-        if self.max_passage_words is not None:
-            words = words[: self.max_passage_words]
-        return self.vlm.clean(escape_identifiers(" ".join(words)))
-
+    # ------------------------------------------------------------------ prompts
     def _template(self, query: Query, documents: Sequence[Document]) -> ListwisePrompt:
-        if isinstance(self.prompt, ListwisePrompt):
-            return self.prompt
-        if self.prompt == "auto":
-            multimodal = query.has_image or any(d.has_image for d in documents)
-            return MULTIMODAL_PROMPT if multimodal else TEXT_PROMPT
-        return PROMPTS[self.prompt]
+        return listwise_template(self.prompt, query, documents)
 
     def window_conversation(self, query: Query | str, documents: Sequence[Document | Any],
                             template: ListwisePrompt | None = None) -> tuple[Conversation, list[str]]:
         """The conversation for one window (documents in their current order) and its identifiers."""
         query = Query.coerce(query)
         documents = [Document.coerce(d) for d in documents]
-        tp = template or self._template(query, documents)
-        n = len(documents)
-        ids = make_identifiers(self.identifiers, n)
-        kind = ("number identifier" if self.identifiers == "numbers" else
-                "letter identifier" if self.identifiers == "letters" else "identifier")
-        qtext = self._text(query.text) if query.has_text else ""
-        q_intro: list[Any] = []
-        if query.has_image:
-            q_intro.append(query.load_image(self.image_policy))
-            if qtext:
-                q_intro.append("\n")
-        if qtext:
-            q_intro.append(qtext)
-        q_final = qtext or tp.image_query_ref
-        example = format_ranking(ids[:2]) if n >= 2 else f"[{ids[0]}]"
-        conv = Conversation()
-        conv.add("system", *fill(tp.system))
-        conv.add("user", *fill(tp.intro, num=n, query=q_intro, kind=kind))
-        conv.add("assistant", *fill(tp.intro_ack))
-        for x, d in zip(ids, documents, strict=True):
-            parts: list[Any] = fill(tp.passage_prefix, id=x)
-            lines: list[list[Any]] = []
-            if d.has_text:
-                lines.append(fill(tp.text_line, text=self._text(d.text or "")))
-            if d.has_image:
-                lines.append(fill(tp.image_line, image=d.load_image(self.image_policy)))
-            for k, line in enumerate(lines):
-                if k:
-                    parts.append("\n")
-                parts.extend(line)
-            conv.add("user", *parts)
-            conv.add("assistant", *fill(tp.passage_ack, id=x))
-        conv.add("user", *fill(tp.final, query=q_final, num=n, example=example))
-        return conv, ids
+        return listwise_conversation(query, documents, template or self._template(query, documents),
+                                     self.identifiers, max_words=self.max_passage_words, clean=self.vlm.clean,
+                                     image_policy=self.image_policy)
 
     # ------------------------------------------------------------------ ranking
     def _rank_documents(self, query: Query, documents: list[Document]) -> list[tuple[int, float]]:

@@ -17,8 +17,15 @@ text (with its text, if any, after it). Works for text, image and mixed document
 
 "Yes" and "No" are single tokens in Qwen-VL tokenizers. Where a tokenizer splits either word, the score
 uses the **first token** of each (logged once); the first tokens must differ, or
-:class:`~mmrank.errors.IdentifierTokenError` is raised. ``answer_words`` changes the pair (e.g.
-``("True", "False")`` for models trained like MonoQwen2-VL).
+:class:`~mmrank.errors.IdentifierTokenError` is raised. ``answer_words`` changes the pair.
+
+``prompt="monoqwen"`` (:data:`~mmrank.scorers.prompts.MONOQWEN_PROMPT`) is the prompt of
+``lightonai/MonoQwen2-VL-v0.1``: one user turn (no system turn of ours; the chat template adds its default),
+the page image first, then "Assert the relevance of the previous image document to the following query,
+answer True or False. The query is: {query}", answers True/False — the score is then
+``softmax(logit("True"), logit("False"))[0]``, as that model's card computes it. It shows image documents
+only; a text-only document is refused with an error naming it. (MonoQwen2-VL ships as a LoRA adapter on
+Qwen2-VL-2B-Instruct: merge it into the base model first and pass the merged folder.)
 
 Pairs are scored in batches (``batch_size``), left padded, sorted by length to waste less padding; only
 the last position's logits are computed.
@@ -28,56 +35,44 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
 from typing import Any
 
-import torch
-
-from ..errors import IdentifierTokenError, InputError
+from ..errors import InputError
 from ..inputs.documents import Document, Query
 from ..inputs.images import DEFAULT_POLICY, ImagePolicy
 from ..models.loading import hub_kwargs
-from ..models.vlm import DEFAULT_INSTRUCT_MODEL, Conversation, InstructVLM
+from ..models.vlm import DEFAULT_INSTRUCT_MODEL, InstructVLM
 from .base import OnError, PointwiseReranker
-from .listwise import fill
+from .prompts import (
+    MONOQWEN_PROMPT,
+    PAIRWISE_PROMPT,
+    PAIRWISE_PROMPTS,
+    Conversation,
+    PairwisePrompt,
+    VLMImageCheck,
+    answer_first_tokens,
+    pairwise_conversation,
+    yes_probability,
+)
+
+__all__ = ["PairwiseReranker", "PairwisePrompt", "PAIRWISE_PROMPT", "MONOQWEN_PROMPT", "yes_probability",
+           "DEFAULT_MODEL"]
 
 logger = logging.getLogger("mmrank")
 
 DEFAULT_MODEL = DEFAULT_INSTRUCT_MODEL
 
 
-@dataclass(frozen=True)
-class PairwisePrompt:
-    """The yes/no relevance template. ``query_line`` holds ``{query}``, ``text_line`` ``{text}``,
-    ``image_line`` ``{image}``; lines whose part is missing are left out."""
-
-    system: str
-    query_line: str
-    text_line: str
-    image_line: str
-    question: str
-
-
-#: Rank-Nexus, Table 8, "Image-based Pairwise Reranking".
-PAIRWISE_PROMPT = PairwisePrompt(
-    system="You are an expert relevance assessor for multimodal documents. Determine whether the given document "
-           "is relevant to the user query.",
-    query_line="Query: {query}",
-    text_line="Document Text: {text}",
-    image_line="Document Image: {image}",
-    question="Is this document relevant to the query? Answer only 'Yes' or 'No'.",
-)
-
-
-class PairwiseReranker(PointwiseReranker):
+class PairwiseReranker(VLMImageCheck, PointwiseReranker):
     """Yes/no relevance from an instruction-tuned VLM: ``score = P(yes)`` in (0, 1) per document.
 
     Args:
         model: hub id or local folder of an instruct VLM that ``AutoModelForImageTextToText`` loads
             (Qwen2-VL, Qwen2.5-VL, Qwen3-VL); default ``Qwen/Qwen2-VL-2B-Instruct``.
         batch_size: pairs per forward pass.
-        answer_words: the positive and negative answer (default ``("Yes", "No")``, as the prompt asks).
-        prompt: a :class:`PairwisePrompt` (default: the Rank-Nexus template).
+        answer_words: the positive and negative answer (default: the prompt's, ``("Yes", "No")`` for
+            Rank-Nexus, ``("True", "False")`` for MonoQwen2-VL).
+        prompt: ``"rank-nexus"`` (default), ``"monoqwen"`` or a :class:`PairwisePrompt`.
         max_doc_words / max_query_words: document / query text is cut to this many words (``None``: whole).
         min_pixels / max_pixels: per-image budget (default 56² .. 768·28², jina-reranker-m0's).
         device / dtype / attn_implementation / load_format / revision / cache_dir / local_files_only /
@@ -89,7 +84,7 @@ class PairwiseReranker(PointwiseReranker):
     supports_image_documents = True
 
     def __init__(self, model: str | os.PathLike = DEFAULT_MODEL, *, batch_size: int = 8,
-                 answer_words: tuple[str, str] = ("Yes", "No"), prompt: PairwisePrompt = PAIRWISE_PROMPT,
+                 answer_words: tuple[str, str] | None = None, prompt: str | PairwisePrompt = PAIRWISE_PROMPT,
                  max_doc_words: int | None = 1024, max_query_words: int | None = 256, device: Any = None,
                  dtype: Any = "auto", min_pixels: int | None = 3136, max_pixels: int | None = 602112,
                  attn_implementation: str | None = "sdpa", sort_by_length: bool = True, load_format: str = "auto",
@@ -103,6 +98,12 @@ class PairwiseReranker(PointwiseReranker):
         for name, v in (("max_doc_words", max_doc_words), ("max_query_words", max_query_words)):
             if v is not None and v < 1:
                 raise InputError(f"{name} must be >= 1 or None")
+        if isinstance(prompt, str):
+            if prompt not in PAIRWISE_PROMPTS:
+                raise InputError(f"prompt must be one of {sorted(PAIRWISE_PROMPTS)} or a PairwisePrompt, got {prompt!r}")
+            prompt = PAIRWISE_PROMPTS[prompt]
+        if answer_words is None:
+            answer_words = prompt.answer_words
         if len(answer_words) != 2 or not all(isinstance(w, str) and w for w in answer_words):
             raise InputError("answer_words must be two non-empty strings (positive, negative)")
         self.batch_size = int(batch_size)
@@ -120,65 +121,29 @@ class PairwiseReranker(PointwiseReranker):
 
     def _answer_tokens(self) -> tuple[int, int, bool]:
         """First token of each answer as the model would begin its reply; whether both are single tokens."""
-        prefix = "assistant\n"
-        base = self.vlm.token_ids(prefix)
-        toks = []
-        for w in self.answer_words:
-            full = self.vlm.token_ids(prefix + w)
-            toks.append(full[len(base):] if full[:len(base)] == base else self.vlm.token_ids(w))
-        yes, no = toks
-        single = len(yes) == 1 and len(no) == 1
+        yes, no, single = answer_first_tokens(self.vlm.token_ids, self.vlm.tokens, self.answer_words,
+                                              self.model_name)
         if not single:
-            logger.warning("mmrank: in %s's tokenizer %r is %s and %r is %s; scoring with the first token of each",
-                           self.model_name, self.answer_words[0], self.vlm.tokens(yes), self.answer_words[1],
-                           self.vlm.tokens(no))
-        if yes[0] == no[0]:
-            raise IdentifierTokenError(
-                f"{self.answer_words[0]!r} and {self.answer_words[1]!r} begin with the same token "
-                f"{self.vlm.tokens(yes[:1])} in {self.model_name}'s tokenizer, so their logits cannot be "
-                "compared; pass other answer_words")
-        return yes[0], no[0], single
+            logger.warning("mmrank: in %s's tokenizer %r or %r is several tokens; scoring with the first token "
+                           "of each (%s vs %s)", self.model_name, self.answer_words[0], self.answer_words[1],
+                           self.vlm.tokens([yes]), self.vlm.tokens([no]))
+        return yes, no, single
 
     # ------------------------------------------------------------------ documents
-    def _check_image(self, image) -> None:
-        self.vlm.processor.resized_size(*image.size)  # InputError for sizes the image processor refuses
-
-    @staticmethod
-    def _cut(text: str, limit: int | None) -> str:
-        if limit is not None:
-            words = text.split()
-            if len(words) > limit:
-                return " ".join(words[:limit])
-        return text
-
     def conversation(self, query: Query | Any, document: Document | Any) -> Conversation:
         """The chat for one (query, document) pair."""
-        query = Query.coerce(query)
-        doc = Document.coerce(document)
-        tp = self.template
-        q: list[Any] = []
-        if query.has_image:
-            q.append(query.load_image(self.image_policy))
-            if query.has_text:
-                q.append("\n")
-        if query.has_text:
-            q.append(self.vlm.clean(self._cut(query.text or "", self.max_query_words)))
-        lines: list[list[Any]] = [fill(tp.query_line, query=q)]
-        if doc.has_text:
-            lines.append(fill(tp.text_line, text=self.vlm.clean(self._cut(doc.text or "", self.max_doc_words))))
-        if doc.has_image:
-            lines.append(fill(tp.image_line, image=doc.load_image(self.image_policy)))
-        lines.append(fill(tp.question))
-        parts: list[Any] = []
-        for k, line in enumerate(lines):
-            if k:
-                parts.append("\n")
-            parts.extend(line)
-        return Conversation().add("system", *fill(tp.system)).add("user", *parts)
+        return pairwise_conversation(Query.coerce(query), Document.coerce(document), self.template,
+                                     max_doc_words=self.max_doc_words, max_query_words=self.max_query_words,
+                                     clean=self.vlm.clean, image_policy=self.image_policy)
 
     # ------------------------------------------------------------------ scoring
     def _score_documents(self, query: Query, documents: list[Document]) -> list[float]:
-        convs = [self.conversation(query, d) for d in documents]
+        convs = []
+        for i, d in enumerate(documents):
+            try:
+                convs.append(self.conversation(query, d))
+            except InputError as exc:
+                raise InputError(f"document {i}{f' (id {d.id!r})' if d.id is not None else ''}: {exc}") from None
         prompts = [self.vlm.render(c) for c in convs]
         order = list(range(len(documents)))
         if self.sort_by_length:
@@ -200,8 +165,3 @@ class PairwiseReranker(PointwiseReranker):
     def close(self) -> None:
         self.vlm.close()
 
-
-def yes_probability(logits: torch.Tensor, yes_id: int, no_id: int) -> torch.Tensor:
-    """``softmax([logit_yes, logit_no])[0]`` per row of ``(batch, vocab)`` logits."""
-    pair = torch.stack([logits[:, yes_id], logits[:, no_id]], dim=-1).float()
-    return torch.softmax(pair, dim=-1)[:, 0]
