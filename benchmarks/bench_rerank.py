@@ -283,13 +283,13 @@ class Settings:
                 if v:
                     if self._compiled is None:
                         from mmrank.models.features import VisionEncoder
-                        from mmrank.scorers.pointwise import _decoder_layer
+                        from mmrank.models.jina import decoder_layer
 
                         self._compiled = (VisionEncoder(r.model.model.visual, compile_blocks=True),
-                                          torch.compile(_decoder_layer, dynamic=True))
-                    r.vision, r._lm_layer_fn = self._compiled
+                                          torch.compile(decoder_layer, dynamic=True))
+                    r.model.configure_fast_paths(vision_encoder=self._compiled[0], decoder_layer_fn=self._compiled[1])
                 else:
-                    r.vision, r._lm_layer_fn = self.eager_vision, None
+                    r.model.configure_fast_paths(vision_encoder=self.eager_vision)
             else:
                 setattr(r, k, v)
 

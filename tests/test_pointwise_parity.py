@@ -86,3 +86,38 @@ def test_batching_and_order_do_not_change_scores(jina_reranker, jina_dir):
     np.testing.assert_allclose(other.score("query text", docs), base, atol=1e-5)
     # Reversing the input reverses the scores.
     np.testing.assert_allclose(jina_reranker.score("query text", docs[::-1]), base[::-1], atol=1e-5)
+
+
+def test_scores_come_from_the_models_own_forward_and_its_plain_use_agrees(jina_reranker):
+    """The scorer's numbers are JinaVLForRanking.forward's (fast paths: cached features, host positions);
+    the same forward fed the processor's plain outputs (pixels, grids, no positions) gives the same."""
+    from mmrank.models.jina import SCORE_TOKEN_ID, JinaVLForRanking, logits_to_scores
+    from mmrank.models.processing import IMAGE_PLACEHOLDER
+    from mmrank.scorers.pointwise import jina_prompt
+
+    model = jina_reranker.model
+    assert isinstance(model, JinaVLForRanking)
+    calls = []
+    hook = model.register_forward_hook(lambda m, args, kwargs, out: calls.append(kwargs.get("image_embeds") is not None),
+                                       with_kwargs=True)
+    images = _images()[:3]
+    docs = [Document(image=im) for im in images] + [Document(text=t) for t in TEXT_DOCS[:3]]
+    try:
+        ours = jina_reranker.score("what does a reranker do?", docs)
+    finally:
+        hook.remove()
+    assert calls and any(calls)  # every batch went through forward; image batches with precomputed features
+    proc = jina_reranker.processor
+    seqs, types, feats = [], [], []
+    for d in docs:
+        f = [proc.image_features(d.image)] if d.has_image else []
+        ids, tt = proc.token_ids(jina_prompt(IMAGE_PLACEHOLDER if f else d.text, "what does a reranker do?"), f)
+        seqs.append(ids + [SCORE_TOKEN_ID])
+        types.append(tt + [0])
+        feats += f
+    enc = proc.pad(seqs, types, feats)
+    import torch
+
+    with torch.no_grad():
+        plain = logits_to_scores(model(**enc.inputs)).tolist()
+    np.testing.assert_allclose(ours, plain, atol=1e-5, rtol=0)

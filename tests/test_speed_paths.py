@@ -15,8 +15,8 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from mmrank import Document, InputError, JinaRerankerM0, Query
+from mmrank.models.jina import decoder_layer
 from mmrank.models.processing import IMAGE_PLACEHOLDER
-from mmrank.scorers.pointwise import _decoder_layer
 from mmrank_testkit import sample_image, sample_page
 
 
@@ -140,7 +140,7 @@ def test_written_out_decoder_loop_equals_the_text_models_forward(jina_dir):
     docs = _mixed_docs()
     r = JinaRerankerM0(jina_dir, device="cpu", dtype="float32", batch_size=3)
     base = r.score("q", docs)
-    r._lm_layer_fn = _decoder_layer  # what compile_lm compiles, run eagerly
+    r.model.configure_fast_paths(decoder_layer_fn=decoder_layer)  # what compile_lm compiles, run eagerly
     np.testing.assert_allclose(r.score("q", docs), base, atol=1e-6, rtol=0)
 
 

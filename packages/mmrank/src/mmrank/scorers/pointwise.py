@@ -43,18 +43,16 @@ from __future__ import annotations
 
 import logging
 import os
-import queue
-import threading
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import torch
 
 from ..errors import InputError
 from ..inputs.documents import Document, Query
-from ..inputs.images import DEFAULT_POLICY, ImagePolicy, image_fingerprint
+from ..inputs.images import DEFAULT_POLICY, ImagePolicy
+from ..models.batching import DeviceFeed, ImageRef, Item, WorkerPool, plan_batches, prefetched
 from ..models.dummy import build_checkpoint, is_dummy, warn_dummy
-from ..models.features import DEFAULT_CACHE_BYTES, FeatureCache, VisionEncoder
+from ..models.features import DEFAULT_CACHE_BYTES, FeatureCache
 from ..models.jina import SCORE_TOKEN_ID, JinaVLForRanking, logits_to_scores
 from ..models.loading import guarded_load, hub_kwargs, pick_device, pick_dtype
 from ..models.processing import IMAGE_PAD, IMAGE_PLACEHOLDER, ImageFeatures, VisionTextProcessor, protect_text
@@ -139,21 +137,19 @@ class JinaRerankerM0(PointwiseReranker):
         self.model.eval()
         self.processor = guarded_load(path, lambda: VisionTextProcessor.from_pretrained(
             path, min_pixels=min_pixels, max_pixels=max_pixels, **(kw if load_format != "dummy" else {})))
-        self._prep_lock = threading.Lock()
         if max_batch_tokens is not None and max_batch_tokens < 1:
             raise InputError("max_batch_tokens must be >= 1 (or None)")
         self.max_batch_tokens = max_batch_tokens
         self.prefetch = prefetch
         #: Vision-encoder outputs by image content + pixel budget; ``feature_cache.stats()`` for hit counts.
         self.feature_cache = FeatureCache(feature_cache_bytes)
-        self.vision = VisionEncoder(self.model.model.visual, compile_blocks=compile_vision)
-        self._workers: ThreadPoolExecutor | None = None
-        self._copy_stream = None
+        self.model.configure_fast_paths(compile_vision=compile_vision, compile_lm=compile_lm)
+        self._pool = WorkerPool(self.image_workers)
+        self._feed = DeviceFeed(self.device, self.dtype)
         self._call_local: dict = {}
         self._pinned_scheduled: set = set()
         # Image preprocessing on the GPU (side stream) when the processor can: frees the CPU and the GIL.
         self._gpu_preprocess = self.device.type == "cuda" and self.processor.supports_device and gpu_preprocess
-        self._lm_layer_fn = torch.compile(_decoder_layer, dynamic=True) if compile_lm else None
 
     def _build_dummy(self, model: str, attn_implementation: str | None):
         import tempfile
@@ -201,11 +197,11 @@ class JinaRerankerM0(PointwiseReranker):
             return self.processor.tokenizer.decode(ids[: max(0, limit)])
         return text
 
-    def _image_ref(self, image) -> _ImageRef:
-        return _ImageRef(image, self.processor.image_grid(*image.size),
+    def _image_ref(self, image) -> ImageRef:
+        return ImageRef(image, self.processor.image_grid(*image.size),
                          (self.processor.min_pixels, self.processor.max_pixels))
 
-    def _plan(self, query: Query, documents: list[Document]) -> list[_Item]:
+    def _plan(self, query: Query, documents: list[Document]) -> list[Item]:
         """Prompts, token ids and image grids of every pair — no image is processed here (its patch grid
         follows from its size), so the batches can be formed before any pixel work starts."""
         query_ref = None
@@ -226,7 +222,7 @@ class JinaRerankerM0(PointwiseReranker):
 
         prompts, refs = [], []
         for d in documents:
-            images: list[_ImageRef] = []
+            images: list[ImageRef] = []
             if d.has_image:
                 images.append(self._image_ref(d.load_image(self.image_policy)))
             if query_ref is not None:
@@ -241,7 +237,7 @@ class JinaRerankerM0(PointwiseReranker):
                 ids, tt = self._fit_text(documents[k], k, prompt_of, [r.grid for r in imgs], len(ids) - limit)
             if len(ids) > limit:
                 ids, tt = ids[:limit], tt[:limit]
-            items.append(_Item(ids + [SCORE_TOKEN_ID], tt + [0], imgs))
+            items.append(Item(ids + [SCORE_TOKEN_ID], tt + [0], imgs))
         return items
 
     def _fit_text(self, doc: Document, index: int, prompt_of, grids, excess: int) -> tuple[list[int], list[int]]:
@@ -265,28 +261,9 @@ class JinaRerankerM0(PointwiseReranker):
                          f"does not fit in max_length={self.max_length} tokens without cutting through an image; "
                          "raise max_length or lower max_pixels")
 
-    def _batches(self, items: list[_Item]) -> list[list[int]]:
-        order = list(range(len(items)))
-        if self.sort_by_length:
-            order.sort(key=lambda i: -len(items[i].ids))
-        if not self.max_batch_tokens:
-            return [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]
-        # Token budget: as many pairs as fit in max_batch_tokens padded tokens (at least one, at most
-        # batch_size); with length-sorted input the first pair of a batch is its longest.
-        batches: list[list[int]] = []
-        cur: list[int] = []
-        width = 0
-        for i in order:
-            n = len(items[i].ids)
-            w = max(width, n)
-            if cur and (len(cur) >= self.batch_size or w * (len(cur) + 1) > self.max_batch_tokens):
-                batches.append(cur)
-                cur, w = [], n
-            cur.append(i)
-            width = w
-        if cur:
-            batches.append(cur)
-        return batches
+    def _batches(self, items: list[Item]) -> list[list[int]]:
+        return plan_batches([len(it.ids) for it in items], self.batch_size, self.max_batch_tokens,
+                            self.sort_by_length)
 
     # ------------------------------------------------------------------ scoring
     def _score_documents(self, query: Query, documents: list[Document]) -> list[float]:
@@ -294,9 +271,9 @@ class JinaRerankerM0(PointwiseReranker):
         batches = self._batches(items)
         scores: list[float] = [0.0] * len(documents)
         self._call_local = {}
-        self._pinned_scheduled: set = set()
+        self._pinned_scheduled = set()
         try:
-            prepared = self._prepared_stream(items, batches)
+            prepared = prefetched(batches, lambda b: self._prepare_batch(items, b), enabled=self.prefetch)
             for batch, prep in _progress(zip(batches, prepared, strict=False), self.show_progress, "mmrank pointwise",
                                          total=len(batches)):
                 logits = self._forward_prepared(prep)
@@ -307,145 +284,81 @@ class JinaRerankerM0(PointwiseReranker):
             self._pinned_scheduled = set()
         return scores
 
-    def _prepared_stream(self, items, batches):
-        """Prepared batches, in order. With ``prefetch`` a producer thread prepares batch k+1 (image
-        fingerprints, preprocessing in a pool, padding, host-to-device copy on a side stream) while the
-        model runs batch k."""
-        if not self.prefetch or len(batches) == 1:
-            for b in batches:
-                yield self._prepare_batch(items, b)
-            return
-        q: queue.Queue = queue.Queue(maxsize=2)
-        stop = threading.Event()
-        done = object()
-
-        def produce():
-            try:
-                for b in batches:
-                    if stop.is_set():
-                        return
-                    q.put(self._prepare_batch(items, b))
-                q.put(done)
-            except BaseException as exc:  # handed to the consumer
-                q.put(_Failure(exc))
-
-        t = threading.Thread(target=produce, name="mmrank-prefetch", daemon=True)
-        t.start()
-        try:
-            while True:
-                got = q.get()
-                if got is done:
-                    break
-                if isinstance(got, _Failure):
-                    raise got.exc
-                yield got
-        finally:
-            stop.set()
-            while t.is_alive():  # unblock a producer waiting on a full queue
-                try:
-                    q.get(timeout=0.05)
-                except queue.Empty:
-                    pass
-            t.join()
-
-    def _pool(self) -> ThreadPoolExecutor:
-        if self._workers is None:
-            self._workers = ThreadPoolExecutor(max_workers=self.image_workers, thread_name_prefix="mmrank-img")
-        return self._workers
-
-    def _prepare_batch(self, items, batch: list[int]) -> _Prepared:
+    # ------------------------------------------------------------------ batch preparation (producer side)
+    def _prepare_batch(self, items: list[Item], batch: list[int]) -> _Prepared:
+        """Everything batch ``batch`` needs before the model runs: the images it must encode, preprocessed;
+        padded ids, host-built positions and image-token positions on the device."""
         rows = [items[j] for j in batch]
         refs = [r for it in rows for r in it.images]
-        # Which images must go through the image processor and the vision tower for this batch.
-        todo_refs = list({id(r): r for r in refs}.values())
-        if len(todo_refs) > 1 and self.image_workers > 1:
-            list(self._pool().map(lambda r: r.ensure_key(), todo_refs))
-        else:
-            for r in todo_refs:
-                r.ensure_key()
-        need: dict[Any, _ImageRef] = {}
-        for r in todo_refs:
+        need = self._images_to_encode(refs)
+        feats = self._pool.map(self._process_image_on_device if self._gpu_preprocess else self._process_image,
+                               need)
+        host = self._host_tensors(rows)
+        pixels = lambda: torch.cat([f.pixel_values for f in feats], dim=0)  # noqa: E731
+        if feats and not self._gpu_preprocess:
+            host["pixel_values"] = pixels()
+        inputs = self._feed.to_device(host)  # pinned, on the side stream on CUDA
+        if feats and self._gpu_preprocess:
+            self._feed.add_on_device(inputs, "pixel_values", pixels)
+        return _Prepared(inputs, [r.key for r in refs], [r.key for r in need], [f.grid_thw for f in feats],
+                         {r.key: r for r in refs})
+
+    def _images_to_encode(self, refs: list[ImageRef]) -> list[ImageRef]:
+        """The distinct images of a batch not yet encoded in this call, not scheduled by an earlier batch
+        (a pinned query image) and not in the feature cache; keys are computed first (in the pool)."""
+        distinct = list({id(r): r for r in refs}.values())
+        self._pool.map(lambda r: r.ensure_key(), distinct)
+        need: dict[Any, ImageRef] = {}
+        for r in distinct:
             if r.key in need or r.key in self._call_local or r.key in self._pinned_scheduled \
                     or r.key in self.feature_cache:
                 continue
             if r.pinned:  # the consumer keeps it for the rest of the call (batches run in order)
                 self._pinned_scheduled.add(r.key)
             need[r.key] = r
-        need_refs = list(need.values())
-        on_gpu = self._gpu_preprocess
-        process = self._process_image_on_device if on_gpu else self._process_image
-        if len(need_refs) > 1 and self.image_workers > 1:
-            feats = list(self._pool().map(process, need_refs))
-        else:
-            feats = [process(r) for r in need_refs]
-        seqs = [it.ids for it in rows]
+        return list(need.values())
+
+    def _host_tensors(self, rows: list[Item]) -> dict[str, torch.Tensor]:
+        """Padded ids and mask, M-RoPE positions and the flat positions of the image tokens (on the host)."""
         types = [it.types for it in rows]
-        enc = self.processor.pad(seqs, types, [])
+        enc = self.processor.pad([it.ids for it in rows], types, [])
         width = enc.inputs["input_ids"].shape[1]
         positions = self.processor.mrope_position_ids(types, [[r.grid for r in it.images] for it in rows], width)
         image_rows = torch.nonzero(enc.inputs["mm_token_type_ids"].view(-1) == 1).view(-1)
-        host = {"input_ids": enc.inputs["input_ids"], "attention_mask": enc.inputs["attention_mask"],
+        return {"input_ids": enc.inputs["input_ids"], "attention_mask": enc.inputs["attention_mask"],
                 "position_ids": positions, "image_index": image_rows}
-        if feats and not on_gpu:
-            host["pixel_values"] = torch.cat([f.pixel_values for f in feats], dim=0)
-        inputs = self._to_device(host)
-        if feats and on_gpu:
-            with torch.cuda.stream(self._copy_stream):
-                inputs["pixel_values"] = torch.cat([f.pixel_values for f in feats], dim=0).to(self.dtype)
-                inputs["_event"].record(self._copy_stream)
-        return _Prepared(inputs, [r.key for r in refs], list(need.keys()),
-                         [f.grid_thw for f in feats], {r.key: r for r in refs})
 
-    def _process_image(self, ref: _ImageRef) -> ImageFeatures:
-        feats = self.processor.image_features(ref.image)
-        if tuple(feats.grid_thw) != tuple(ref.grid):
-            raise RuntimeError(f"internal error: image of {ref.image.size} processed to grid {feats.grid_thw}, "
-                               f"expected {ref.grid}")
-        return feats
+    def _process_image(self, ref: ImageRef) -> ImageFeatures:
+        return _checked(ref, self.processor.image_features(ref.image))
 
-    def _process_image_on_device(self, ref: _ImageRef) -> ImageFeatures:
+    def _process_image_on_device(self, ref: ImageRef) -> ImageFeatures:
         """The image processor run on the GPU (torchvision backend), on the side stream, so the pixel work
         neither waits for nor blocks the model."""
-        with torch.cuda.stream(self._side_stream()):
-            feats = self.processor.image_features(ref.image, device=self.device)
-        if tuple(feats.grid_thw) != tuple(ref.grid):
-            raise RuntimeError(f"internal error: image of {ref.image.size} processed to grid {feats.grid_thw}, "
-                               f"expected {ref.grid}")
-        return feats
+        with torch.cuda.stream(self._feed.side_stream()):
+            return _checked(ref, self.processor.image_features(ref.image, device=self.device))
 
-    def _side_stream(self):
-        if self._copy_stream is None:
-            with self._prep_lock:
-                if self._copy_stream is None:
-                    self._copy_stream = torch.cuda.Stream(device=self.device)
-        return self._copy_stream
-
-    def _to_device(self, host: dict[str, torch.Tensor]) -> dict[str, Any]:
-        if self.device.type != "cuda":
-            return {k: v.to(self.device) for k, v in host.items()}
-        with torch.cuda.stream(self._side_stream()):
-            out: dict[str, Any] = {k: v.pin_memory().to(self.device, non_blocking=True) for k, v in host.items()}
-            out["_event"] = torch.cuda.Event()
-            out["_event"].record(self._copy_stream)
-        return out
-
+    # ------------------------------------------------------------------ model (consumer side)
     @torch.inference_mode()
     def _forward_prepared(self, prep: _Prepared) -> torch.Tensor:
         inputs = prep.inputs
-        if "_event" in inputs:
-            stream = torch.cuda.current_stream(self.device)
-            stream.wait_event(inputs["_event"])
-            for v in inputs.values():
-                if isinstance(v, torch.Tensor):
-                    v.record_stream(stream)
+        self._feed.wait(inputs)
+        slots = self._image_slots(prep)
+        logits = self.model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
+                            position_ids=inputs["position_ids"], image_embeds=slots or None,
+                            image_index=inputs["image_index"])
+        return logits.float().cpu()
+
+    def _image_slots(self, prep: _Prepared) -> list[torch.Tensor]:
+        """Vision features of every image slot of the batch, in order: encoded now (the batch's new images,
+        stored in the feature cache), kept for the call (a pinned query image) or read from the cache.
+        Stats: a lookup served by the cache is a hit; an image that had to be encoded is a miss."""
         encoded: dict[Any, torch.Tensor] = {}
         if prep.need_keys:
-            embs = self.vision.encode(inputs["pixel_values"], prep.need_grids)
+            embs = self.model.encode_images(prep.inputs["pixel_values"], prep.need_grids)
             for key, emb in zip(prep.need_keys, embs, strict=True):
                 encoded[key] = emb
                 if self.feature_cache.enabled:
                     self.feature_cache.put(key, emb.clone())
-        # Stats: a lookup served by the cache is a hit; an image that had to be encoded is a miss.
         slots: list[torch.Tensor] = []
         fresh = set(encoded)
         for key in prep.slot_keys:
@@ -462,81 +375,31 @@ class JinaRerankerM0(PointwiseReranker):
                     emb = encoded.get(key)
                 if emb is None:  # evicted between preparation and use (or no cache): encode now
                     f = self._process_image(ref)
-                    emb = self.vision.encode(f.pixel_values.to(self.device), [f.grid_thw])[0]
+                    emb = self.model.encode_images(f.pixel_values.to(self.device), [f.grid_thw])[0]
                     encoded[key] = emb
                 if ref.pinned:
                     self._call_local[key] = emb
             slots.append(emb)
-        lm = self.model.model.language_model
-        ids = inputs["input_ids"]
-        embeds = lm.embed_tokens(ids)
-        if slots:
-            flat = embeds.view(-1, embeds.shape[-1])
-            flat.index_copy_(0, inputs["image_index"], torch.cat(slots, dim=0).to(flat.dtype))
-        if self._lm_layer_fn is None:
-            out = lm(inputs_embeds=embeds, attention_mask=inputs["attention_mask"],
-                     position_ids=inputs["position_ids"], use_cache=False)
-            last = out.last_hidden_state[:, -1]
-        else:
-            last = self._lm_layers(lm, embeds, inputs["attention_mask"], inputs["position_ids"])
-        return self.model.score(last).squeeze(-1).float().cpu()
+        return slots
 
-    def _lm_layers(self, lm, embeds: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor):
-        """The text model's forward written out (mask, rotary tables, decoder layers, final norm of the last
-        position), so each decoder layer can go through ``torch.compile`` (``compile_lm``): one compiled
-        graph serves all layers. Same operations as transformers' forward."""
-        from transformers.masking_utils import create_causal_mask
-
-        mask = create_causal_mask(config=lm.config, inputs_embeds=embeds, attention_mask=attention_mask,
-                                  past_key_values=None, position_ids=None)
-        if isinstance(mask, dict):  # pragma: no cover - layer types
-            mask = mask.get("full_attention")
-        pe = lm.rotary_emb(embeds, position_ids)
-        h = embeds
-        for layer in lm.layers:
-            h = self._lm_layer_fn(layer, h, mask, pe)
-        return lm.norm(h[:, -1])
+    @property
+    def vision(self):
+        """The model's vision encoder (what :meth:`JinaVLForRanking.encode_images` runs)."""
+        return self.model.vision_encoder
 
     def close(self) -> None:
         self.model = None  # type: ignore[assignment]
-        if self._workers is not None:
-            self._workers.shutdown(wait=False)
-            self._workers = None
+        self._pool.shutdown()
         self.feature_cache.clear()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
 
 
-def _decoder_layer(layer, hidden: torch.Tensor, mask, position_embeddings) -> torch.Tensor:
-    out = layer(hidden, attention_mask=mask, position_embeddings=position_embeddings, use_cache=False)
-    return out[0] if isinstance(out, tuple) else out
-
-
-class _ImageRef:
-    """One image of a call: the decoded image, its patch grid, and (once computed) its cache key."""
-
-    __slots__ = ("image", "grid", "budget", "key", "pinned")
-
-    def __init__(self, image, grid: tuple[int, int, int], budget: tuple[int, int]):
-        self.image = image
-        self.grid = grid
-        self.budget = budget
-        self.key: tuple | None = None
-        self.pinned = False
-
-    def ensure_key(self) -> tuple:
-        if self.key is None:
-            self.key = (image_fingerprint(self.image), *self.budget)
-        return self.key
-
-
-class _Item:
-    __slots__ = ("ids", "types", "images")
-
-    def __init__(self, ids: list[int], types: list[int], images: list[_ImageRef]):
-        self.ids = ids
-        self.types = types
-        self.images = images
+def _checked(ref: ImageRef, feats: ImageFeatures) -> ImageFeatures:
+    if tuple(feats.grid_thw) != tuple(ref.grid):
+        raise RuntimeError(f"internal error: image of {ref.image.size} processed to grid {feats.grid_thw}, "
+                           f"expected {ref.grid}")
+    return feats
 
 
 class _Prepared:
@@ -548,11 +411,6 @@ class _Prepared:
         self.need_keys = need_keys
         self.need_grids = need_grids
         self.refs = refs
-
-
-class _Failure:
-    def __init__(self, exc: BaseException):
-        self.exc = exc
 
 
 def _progress(items, enabled: bool, desc: str, total: int | None = None):
