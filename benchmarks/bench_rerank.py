@@ -6,7 +6,7 @@
 
 Systems, all on one model object (identical weights; the reference wraps the very same modules):
 
-* ``reference`` — jina-reranker-m0's ``compute_score`` as its model card runs it (benchmarks/reference_jina.py):
+* ``reference`` — jina-reranker-m0's ``compute_score`` as its model card runs it (shared/mmrank_testkit/reference_jina.py):
   plain transformers forward, fixed batches of 8 in input order, padding to the longest, the real
   ``Qwen2VLProcessor``; a mixed workload is two calls (text documents, image documents), as that API takes
   one document type per call;
@@ -44,14 +44,14 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+for _p in (ROOT, ROOT / "shared"):  # the test kit holds the reference restatement
+    if str(_p) not in sys.path:
+        sys.path.insert(0, str(_p))
 
 import torch  # noqa: E402
 from mmrank import Document  # noqa: E402
 from mmrank.scorers.pointwise import JinaRerankerM0  # noqa: E402
-
-from benchmarks.reference_jina import ReferenceJinaM0  # noqa: E402
+from mmrank_testkit.reference_jina import ReferenceJinaM0  # noqa: E402
 
 DATASHEET_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "A10": 125.0}
 PAGE_SIZE = (896, 672)  # 896*672 = 602112 px = 768 * 28 * 28: exactly the maximum budget, 768 visual tokens

@@ -9,23 +9,18 @@ torchvision is absent here), the reference prompt, token 100 appended, ``hidden_
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 from mmrank import Document, JinaRerankerM0, Query
 from mmrank_testkit import sample_image, sample_page
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.reference_jina import ReferenceJinaM0  # noqa: E402  (shared with the benchmark harness)
+from mmrank_testkit.reference_jina import ReferenceJinaM0  # shared with the benchmark harness
 
 _REFERENCES: dict = {}
 
 
 def _reference_compute_score(path, pairs, *, query_type, doc_type, batch_size=8, max_length=10240,
                              max_query_length=512):
-    """jina-reranker-m0's compute_score, re-stated with plain transformers (benchmarks/reference_jina.py)."""
+    """jina-reranker-m0's compute_score, re-stated with plain transformers (mmrank_testkit/reference_jina.py)."""
     ref = _REFERENCES.get(str(path))
     if ref is None:
         ref = _REFERENCES[str(path)] = ReferenceJinaM0.from_pretrained(path)

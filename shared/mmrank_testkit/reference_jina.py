@@ -18,7 +18,7 @@ transformers' own classes so it runs on transformers 5 (the released custom code
   reference does.
 
 It is used by ``tests/test_pointwise_parity.py`` (the contract mmrank's scorer must meet) and by
-``benchmarks/bench_rerank.py`` (the speed baseline). :meth:`ReferenceJinaM0.sharing` wraps the very
+``benchmarks/bench_rerank.py`` (the speed baseline); it lives in the test kit so both import it the same way. :meth:`ReferenceJinaM0.sharing` wraps the very
 modules of a :class:`mmrank.JinaRerankerM0`, so both sides run identical weights.
 """
 
