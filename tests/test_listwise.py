@@ -145,7 +145,7 @@ def test_generate_applies_parsed_and_repaired_answers(monkeypatch):
     answers = iter(["[4] > [4] > [9] > [1]", "[2] > [1] > [3] > [4]", "garbage"])
     prompts = []
 
-    def scripted(inputs, max_new_tokens):
+    def scripted(inputs, max_new_tokens, stop=None):
         prompts.append(inputs["input_ids"].shape)
         return [next(answers)]
 
@@ -274,3 +274,32 @@ def test_passage_whitespace_is_collapsed_whether_or_not_the_passage_is_cut(limit
     expected = " ".join(words[:limit] if limit else words)
     line = [x for x in rendered.splitlines() if "bamboo" in x][0]
     assert line.endswith(expected + "<|im_end|>") and "\t" not in line and "  " not in line, line
+
+
+# ---------------------------------------------------------------- generation stops when the ranking is complete
+def test_ranking_complete():
+    from mmrank.scorers.listwise import ranking_complete
+
+    ids = ["1", "2", "10"]
+    assert not ranking_complete("[2] > [1] > [1", ids)
+    assert not ranking_complete("[2] > [1] > [10", ids)
+    assert ranking_complete("[2] > [1] > [10]", ids)
+    assert not ranking_complete("[2] > [1] > [2]", ids)
+    assert not ranking_complete("2 > 1 > 10", ids) and ranking_complete("2 > 1 > 10 ", ids)
+
+
+def test_generation_stops_as_soon_as_the_permutation_is_complete():
+    from mmrank.scorers.listwise import ranking_complete
+    from mmrank_testkit.forcing import ForceAnswer
+    from transformers import LogitsProcessorList
+
+    r = _reranker("qwen2_vl", mode="generate")
+    conv, ids = r.window_conversation(QUERY, PASSAGES[:3])
+    inputs, _ = r.vlm.encode([r.vlm.render(conv)], [conv.images])
+    answer = r.vlm.token_ids("[2] > [3] > [1] and then more words that follow the ranking")
+    force = LogitsProcessorList([ForceAnswer(inputs["input_ids"].shape[1], answer)])
+    full = r.vlm.generate(inputs, 40, logits_processor=force)[0]
+    stopped = r.vlm.generate(inputs, 40, stop=lambda t: ranking_complete(t, ids), logits_processor=force)[0]
+    assert full.startswith("[2] > [3] > [1] and then")
+    assert stopped == "[2] > [3] > [1]"
+    assert parse_permutation(stopped, ids) == parse_permutation(full, ids) == [1, 2, 0]

@@ -14,6 +14,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from .models.options import add_load_arguments, scorer_kwargs_from_args
+
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
 
 
@@ -52,11 +54,8 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                    help="scorer (default: pointwise, jina-reranker-m0)")
     p.add_argument("--model", default=os.environ.get("MMRANK_MODEL"),
                    help="model id or local folder (default: the mode's default model; env MMRANK_MODEL)")
-    p.add_argument("--device", default=None, help="cuda, cpu, mps (default: best available)")
-    p.add_argument("--dtype", default="auto", help="auto, float32, bfloat16, float16")
     p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--load-format", default="auto", choices=["auto", "dummy"],
-                   help="dummy: random weights of the real architecture (smoke tests; scores mean nothing)")
+    add_load_arguments(p.add_argument_group("model loading (local modes)"))
     p.add_argument("--url", default=None, help="remote mode: rerank API URL")
     g = p.add_argument_group("listwise")
     g.add_argument("--listwise-mode", default=None, choices=["generate", "single_pass"],
@@ -70,13 +69,10 @@ def _scorer_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     if args.mode == "remote":
         if args.url:
             kw["url"] = args.url
-        return kw
-    kw["device"] = args.device
-    kw["dtype"] = args.dtype
+        return kw | scorer_kwargs_from_args(args, "remote")
+    kw.update(scorer_kwargs_from_args(args, args.mode))
     if args.batch_size and args.mode != "listwise":
         kw["batch_size"] = args.batch_size
-    if args.load_format != "auto":
-        kw["load_format"] = args.load_format
     if args.mode == "listwise":
         for name, value in (("mode", args.listwise_mode), ("window_size", args.window_size), ("step", args.step)):
             if value is not None:

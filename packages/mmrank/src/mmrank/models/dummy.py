@@ -22,6 +22,8 @@ import sys
 from pathlib import Path
 from typing import Literal
 
+from .options import MAX_PIXELS, MIN_PIXELS
+
 Family = Literal["qwen2_vl", "qwen2_5_vl", "qwen3_vl"]
 Head = Literal["jina", "lm"]
 
@@ -124,7 +126,7 @@ def _vision_and_text(family: Family, size: str, tok) -> dict:
 
 def build_checkpoint(out_dir: str | os.PathLike, *, family: Family = "qwen2_vl", head: Head = "jina",
                      size: Literal["tiny", "full"] = "tiny", seed: int = 0, dtype: str = "float32",
-                     min_pixels: int = 3136, max_pixels: int = 602112, legacy_keys: bool = True,
+                     min_pixels: int = MIN_PIXELS, max_pixels: int = MAX_PIXELS, legacy_keys: bool = True,
                      weights: bool = True) -> Path:
     """Write a random checkpoint of the real architecture to ``out_dir`` and return the path.
 

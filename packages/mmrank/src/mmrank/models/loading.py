@@ -69,30 +69,3 @@ def guarded_load(model: str, fn: Callable[[], T]) -> T:
             raise explain_unreachable(model, exc) from exc
         raise
 
-
-def pick_device(device: Any | None) -> Any:
-    import torch
-
-    if device is None or device == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    return torch.device(device)
-
-
-def pick_dtype(dtype: Any, device: Any) -> Any:
-    import torch
-
-    if dtype is None or dtype == "auto":
-        if device.type == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.float32
-    if isinstance(dtype, str):
-        try:
-            return {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
-                    "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}[dtype]
-        except KeyError:
-            raise ValueError(f"unknown dtype {dtype!r}; use auto, float32, bfloat16 or float16") from None
-    return dtype

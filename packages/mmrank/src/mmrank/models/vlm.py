@@ -17,28 +17,22 @@ import copy
 import json
 import logging
 import os
-import shutil
-import tempfile
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 import torch
 from PIL import Image
+from transformers import StoppingCriteria, StoppingCriteriaList
 
-from ..errors import InputError, ModelLoadError
+from ..errors import InputError
 from ..inputs.images import image_fingerprint
-from .dummy import build_checkpoint, is_dummy, warn_dummy
-from .loading import guarded_load, pick_device, pick_dtype
+from .loading import guarded_load
+from .options import DEFAULT_INSTRUCT_MODEL, LoadOptions, load_model
 from .processing import IMAGE_PAD, ImageFeatures, VisionTextProcessor
 
 logger = logging.getLogger("mmrank")
 
-#: Default instruct model of the listwise and pairwise scorers. Rank-Nexus has no public checkpoint; this
-#: is the 2B Qwen2-VL instruct model (the base of jina-reranker-m0 and the size Rank-Nexus uses). Any
-#: Qwen2-VL / Qwen2.5-VL / Qwen3-VL instruct checkpoint works, e.g. ``Qwen/Qwen3-VL-2B-Instruct`` (the
-#: backbone of one Rank-Nexus variant) or ``Qwen/Qwen2.5-VL-3B-Instruct``.
-DEFAULT_INSTRUCT_MODEL = "Qwen/Qwen2-VL-2B-Instruct"
 
 # Used only when a checkpoint ships no chat template at all: the ChatML layout every Qwen-VL model uses.
 _FALLBACK_CHAT_TEMPLATE = (
@@ -68,45 +62,47 @@ class ChatLike(Protocol):
     def images(self) -> list[Image.Image]: ...
 
 
+class _TextStop(StoppingCriteria):
+    """Stops each row once ``stop(decoded new text)`` holds (rows already stopped stay stopped)."""
+
+    def __init__(self, tokenizer: Any, prompt_width: int, stop: Callable[[str], bool]):
+        self.tokenizer = tokenizer
+        self.start = prompt_width
+        self.stop = stop
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        texts = self.tokenizer.batch_decode(input_ids[:, self.start:], skip_special_tokens=True)
+        return torch.tensor([bool(self.stop(t)) for t in texts], dtype=torch.bool, device=input_ids.device)
+
+
 class InstructVLM:
     """An instruction-tuned VLM with its tokenizer, image processor and chat template.
 
     Args:
         model: hub id or local folder of a Qwen2-VL / Qwen2.5-VL / Qwen3-VL instruct checkpoint.
-        device / dtype: as elsewhere in mmrank (``"auto"``: bfloat16 on CUDA, float32 on CPU).
+        load: :class:`~mmrank.models.options.LoadOptions` (device, dtype, attention, load format, hub
+            options, quantization, device map, …); its fields may also be passed as keywords.
         min_pixels / max_pixels: image budget per image (the image processor's ``smart_resize`` bounds).
-        load_format: ``"auto"`` loads weights; ``"dummy"`` builds the architecture with random weights
-            (``model="tiny"`` for a tiny one, anything else for the full Qwen2-VL-2B shape).
-        hub: ``revision``, ``cache_dir``, ``local_files_only``, ``token`` (``HF_HUB_OFFLINE`` is honoured).
+        what: how the random-weights warning names the user of this model.
     """
 
-    def __init__(self, model: str | os.PathLike = DEFAULT_INSTRUCT_MODEL, *, device: Any = None,
-                 dtype: Any = "auto", min_pixels: int | None = None, max_pixels: int | None = None,
-                 attn_implementation: str | None = "sdpa", load_format: str = "auto",
-                 hub: dict[str, Any] | None = None, what: str = "instruct VLM"):
+    def __init__(self, model: str | os.PathLike = DEFAULT_INSTRUCT_MODEL, load: LoadOptions | None = None, *,
+                 min_pixels: int | None = None, max_pixels: int | None = None, what: str = "instruct VLM",
+                 **load_options: Any):
         from transformers import AutoModelForImageTextToText
 
-        if load_format not in ("auto", "dummy"):
-            raise InputError(f"load_format must be 'auto' or 'dummy', got {load_format!r}")
-        self.model_name = str(model)
-        self.device = pick_device(device)
-        self.dtype = pick_dtype(dtype, self.device)
-        kw = dict(hub or {})
-        path = str(model)
-        self.is_dummy = load_format == "dummy" or (os.path.isdir(path) and is_dummy(path))
-        extra = {"attn_implementation": attn_implementation} if attn_implementation else {}
-        if load_format == "dummy":
-            path = _dummy_folder(path)
-            kw = {}
-            self.model = self._random_model(path, attn_implementation)
-            self.model_name = f"dummy:{model}"
-        else:
-            self.model = guarded_load(path, lambda: AutoModelForImageTextToText.from_pretrained(
-                path, dtype=self.dtype, **extra, **kw))
-            self.model.to(self.device)
-        if self.is_dummy:
-            warn_dummy(what)
-        self.model.eval()
+        options = LoadOptions.merge(load, **load_options)
+        loaded = load_model(
+            model, options, head="lm", what=what,
+            load=lambda path, kw: AutoModelForImageTextToText.from_pretrained(path, **kw),
+            build_random=lambda config: AutoModelForImageTextToText.from_config(config, dtype=torch.get_default_dtype()))
+        self.options = options
+        self.model = loaded.model
+        self.model_name = loaded.name
+        self.is_dummy = loaded.is_dummy
+        self.device = loaded.device
+        self.dtype = loaded.dtype
+        path, kw = loaded.path, loaded.hub
         self.processor = guarded_load(path, lambda: VisionTextProcessor.from_pretrained(
             path, min_pixels=min_pixels, max_pixels=max_pixels, **kw))
         self.tokenizer = self.processor.tokenizer
@@ -118,16 +114,6 @@ class InstructVLM:
         self._prep_lock = threading.Lock()
 
     # ------------------------------------------------------------------ loading helpers
-    def _random_model(self, folder: str, attn_implementation: str | None):
-        from transformers import AutoConfig, AutoModelForImageTextToText
-
-        config = AutoConfig.from_pretrained(folder)
-        if attn_implementation:
-            config._attn_implementation = attn_implementation
-        torch.manual_seed(0)
-        with torch.device(self.device):
-            return AutoModelForImageTextToText.from_config(config, dtype=self.dtype)
-
     def _find_chat_template(self, path: str, kw: dict[str, Any]) -> str:
         """The tokenizer's chat template; else the processor's ``chat_template.jinja`` / ``.json`` (where
         Qwen-VL checkpoints keep it); else a ChatML template with Qwen-VL image blocks (logged)."""
@@ -200,9 +186,12 @@ class InstructVLM:
         return out.logits[:, -keep:, :].float().cpu()
 
     @torch.inference_mode()
-    def generate(self, inputs: dict[str, torch.Tensor], max_new_tokens: int) -> list[str]:
+    def generate(self, inputs: dict[str, torch.Tensor], max_new_tokens: int,
+                 stop: Callable[[str], bool] | None = None, **generate_kwargs: Any) -> list[str]:
         """Greedy generation; returns the decoded continuations (special tokens skipped). Vision tokens
-        are suppressed so that a model cannot emit an image slot."""
+        are suppressed so that a model cannot emit an image slot. ``stop(text)``: a row stops as soon as it
+        returns True for that row's text so far (checked after every token); ``generate_kwargs`` go to
+        ``model.generate`` (e.g. ``logits_processor``)."""
         cfg = copy.deepcopy(self.model.generation_config)
         cfg.do_sample = False
         for k in ("temperature", "top_p", "top_k", "min_p", "typical_p"):
@@ -215,7 +204,11 @@ class InstructVLM:
             cfg.pad_token_id = self.processor.pad_token_id
         if cfg.eos_token_id is None and self.tokenizer.eos_token_id is not None:
             cfg.eos_token_id = self.tokenizer.eos_token_id
-        out = self.model.generate(**inputs, generation_config=cfg)
+        if stop is not None:
+            generate_kwargs["stopping_criteria"] = StoppingCriteriaList(
+                [*generate_kwargs.get("stopping_criteria", []), _TextStop(self.tokenizer, inputs["input_ids"].shape[1],
+                                                                          stop)])
+        out = self.model.generate(**inputs, generation_config=cfg, **generate_kwargs)
         new = out[:, inputs["input_ids"].shape[1]:].cpu()
         return self.tokenizer.batch_decode(new, skip_special_tokens=True)
 
@@ -230,18 +223,3 @@ class InstructVLM:
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
 
-
-def _dummy_folder(model: str) -> str:
-    """Config, tokenizer and image processor of a random instruct VLM (built once per machine)."""
-    size = "tiny" if model == "tiny" else "full"
-    folder = os.path.join(tempfile.gettempdir(), f"mmrank-dummy-lm-qwen2_vl-{size}")
-    if not os.path.exists(os.path.join(folder, "config.json")):
-        tmp = tempfile.mkdtemp(prefix="mmrank-dummy-lm-", dir=tempfile.gettempdir())
-        build_checkpoint(tmp, family="qwen2_vl", head="lm", size=size, weights=False)
-        try:
-            os.replace(tmp, folder)
-        except OSError:  # another process won the race; theirs is as good
-            shutil.rmtree(tmp, ignore_errors=True)
-            if not os.path.exists(os.path.join(folder, "config.json")):
-                raise ModelLoadError(f"could not create the dummy model folder {folder}") from None
-    return folder

@@ -40,12 +40,13 @@ from typing import Any, Literal
 from ..errors import InputError
 from ..inputs.documents import Document, Query
 from ..inputs.images import DEFAULT_POLICY, ImagePolicy
-from ..models.loading import hub_kwargs
+from ..models.options import LISTWISE_MAX_PIXELS, MIN_PIXELS, LoadOptions
 from ..models.vlm import DEFAULT_INSTRUCT_MODEL, InstructVLM
 from ..ranking.permutation import (
     format_ranking,
     make_identifiers,
     parse_permutation,
+    parse_ranking,
     rank_scores,
     rerank_with_windows,
     sliding_windows,
@@ -76,6 +77,13 @@ DEFAULT_MODEL = DEFAULT_INSTRUCT_MODEL
 Mode = Literal["generate", "single_pass"]
 
 
+def ranking_complete(text: str, identifiers: Sequence[str]) -> bool:
+    """Whether an answer already names every identifier and its last one is closed (``"[3] > [1] > [2]"``
+    for three): generation can stop there — anything after it would be ignored by the parser."""
+    found = {i for i in parse_ranking(text, identifiers) if i >= 0}
+    return len(found) == len(identifiers) and bool(text) and not text[-1].isalnum()
+
+
 class ListwiseReranker(VLMImageCheck, Reranker):
     """Listwise reranking with an instruction-tuned VLM (Rank-Nexus / RankGPT prompts; FIRST single pass).
 
@@ -94,8 +102,12 @@ class ListwiseReranker(VLMImageCheck, Reranker):
         max_passage_words: passages are cut to this many words (RankGPT: 300); ``None`` keeps them whole.
         min_pixels / max_pixels: per-image budget; the default ``256·28·28`` keeps a window of 20 images
             at about 5K visual tokens.
-        device / dtype / attn_implementation / load_format / revision / cache_dir / local_files_only /
-            token: loading, as for every mmrank scorer (``load_format="dummy"``: random weights).
+        load: :class:`~mmrank.models.options.LoadOptions` — device, dtype, attention implementation, load
+            format (``"dummy"``: random weights), hub options, quantization, device map, extra
+            ``from_pretrained`` kwargs; as for every local mmrank scorer.
+        **load_options: any field of :class:`~mmrank.models.options.LoadOptions` as a keyword (``device=``,
+            ``dtype=``, ``attn_implementation=``, ``load_format=``, ``revision=``, ``cache_dir=``,
+            ``local_files_only=``, ``token=``, ``quantization=``, ``device_map=``, …); it overrides ``load``.
         on_error / image_policy / show_progress / image_workers: see :class:`mmrank.Reranker`.
 
     Scores: ``(n - rank) / n`` in the final order — ranks, not calibrated relevances (see the module doc).
@@ -108,12 +120,10 @@ class ListwiseReranker(VLMImageCheck, Reranker):
     def __init__(self, model: str | os.PathLike = DEFAULT_MODEL, *, window_size: int = 20, step: int = 10,
                  mode: Mode = "generate", identifiers: str | Sequence[str] = "auto",
                  prompt: str | ListwisePrompt = "auto", max_new_tokens: int | None = None,
-                 max_passage_words: int | None = 300, device: Any = None, dtype: Any = "auto",
-                 min_pixels: int | None = 3136, max_pixels: int | None = 256 * 28 * 28,
-                 attn_implementation: str | None = "sdpa", load_format: str = "auto",
-                 revision: str | None = None, cache_dir: str | None = None, local_files_only: bool | None = None,
-                 token: str | None = None, on_error: OnError = "last", image_policy: ImagePolicy = DEFAULT_POLICY,
-                 show_progress: bool = False, image_workers: int = 4):
+                 max_passage_words: int | None = 300, min_pixels: int | None = MIN_PIXELS,
+                 max_pixels: int | None = LISTWISE_MAX_PIXELS, load: LoadOptions | None = None,
+                 on_error: OnError = "last", image_policy: ImagePolicy = DEFAULT_POLICY,
+                 show_progress: bool = False, image_workers: int = 4, **load_options: Any):
         super().__init__(on_error=on_error, image_policy=image_policy, show_progress=show_progress,
                          image_workers=image_workers)
         sliding_windows(0, window_size, step)  # validates window_size and step
@@ -135,10 +145,8 @@ class ListwiseReranker(VLMImageCheck, Reranker):
         self.prompt = prompt
         self.max_new_tokens = max_new_tokens
         self.max_passage_words = max_passage_words
-        kw = hub_kwargs(revision=revision, cache_dir=cache_dir, local_files_only=local_files_only, token=token)
-        self.vlm = InstructVLM(model, device=device, dtype=dtype, min_pixels=min_pixels, max_pixels=max_pixels,
-                               attn_implementation=attn_implementation, load_format=load_format, hub=kw,
-                               what="listwise scorer")
+        self.vlm = InstructVLM(model, LoadOptions.merge(load, **load_options), min_pixels=min_pixels,
+                               max_pixels=max_pixels, what="listwise scorer")
         self.model_name = self.vlm.model_name
         self.last_responses: list[str] = []
         self._plans: dict[int, FirstTokenPlan] = {}
@@ -201,7 +209,7 @@ class ListwiseReranker(VLMImageCheck, Reranker):
         prompt = self.vlm.render(conv)
         inputs, _ = self.vlm.encode([prompt], [conv.images])
         budget = self.max_new_tokens or len(self.vlm.token_ids(format_ranking(ids))) + 8
-        text = self.vlm.generate(inputs, budget)[0]
+        text = self.vlm.generate(inputs, budget, stop=lambda t: ranking_complete(t, ids))[0]
         self.last_responses.append(text)
         logger.debug("mmrank listwise: window of %d -> %r", len(docs), text)
         return parse_permutation(text, ids)

@@ -40,7 +40,7 @@ from typing import Any
 from ..errors import InputError
 from ..inputs.documents import Document, Query
 from ..inputs.images import DEFAULT_POLICY, ImagePolicy
-from ..models.loading import hub_kwargs
+from ..models.options import MAX_PIXELS, MIN_PIXELS, LoadOptions
 from ..models.vlm import DEFAULT_INSTRUCT_MODEL, InstructVLM
 from .base import OnError, PointwiseReranker
 from .prompts import (
@@ -75,8 +75,11 @@ class PairwiseReranker(VLMImageCheck, PointwiseReranker):
         prompt: ``"rank-nexus"`` (default), ``"monoqwen"`` or a :class:`PairwisePrompt`.
         max_doc_words / max_query_words: document / query text is cut to this many words (``None``: whole).
         min_pixels / max_pixels: per-image budget (default 56² .. 768·28², jina-reranker-m0's).
-        device / dtype / attn_implementation / load_format / revision / cache_dir / local_files_only /
-            token: loading, as for every mmrank scorer.
+        sort_by_length: batch pairs by prompt length (less padding; scores do not depend on it).
+        load: :class:`~mmrank.models.options.LoadOptions` — device, dtype, attention implementation, load
+            format, hub options, quantization, device map, extra ``from_pretrained`` kwargs.
+        **load_options: any field of :class:`~mmrank.models.options.LoadOptions` as a keyword (``device=``,
+            ``dtype=``, ``load_format=``, ``quantization=``, …); it overrides ``load``.
         on_error / image_policy / show_progress / image_workers: see :class:`mmrank.Reranker`.
     """
 
@@ -85,12 +88,11 @@ class PairwiseReranker(VLMImageCheck, PointwiseReranker):
 
     def __init__(self, model: str | os.PathLike = DEFAULT_MODEL, *, batch_size: int = 8,
                  answer_words: tuple[str, str] | None = None, prompt: str | PairwisePrompt = PAIRWISE_PROMPT,
-                 max_doc_words: int | None = 1024, max_query_words: int | None = 256, device: Any = None,
-                 dtype: Any = "auto", min_pixels: int | None = 3136, max_pixels: int | None = 602112,
-                 attn_implementation: str | None = "sdpa", sort_by_length: bool = True, load_format: str = "auto",
-                 revision: str | None = None, cache_dir: str | None = None, local_files_only: bool | None = None,
-                 token: str | None = None, on_error: OnError = "last", image_policy: ImagePolicy = DEFAULT_POLICY,
-                 show_progress: bool = False, image_workers: int = 4):
+                 max_doc_words: int | None = 1024, max_query_words: int | None = 256,
+                 min_pixels: int | None = MIN_PIXELS, max_pixels: int | None = MAX_PIXELS,
+                 sort_by_length: bool = True, load: LoadOptions | None = None, on_error: OnError = "last",
+                 image_policy: ImagePolicy = DEFAULT_POLICY, show_progress: bool = False, image_workers: int = 4,
+                 **load_options: Any):
         super().__init__(on_error=on_error, image_policy=image_policy, show_progress=show_progress,
                          image_workers=image_workers)
         if batch_size < 1:
@@ -112,10 +114,8 @@ class PairwiseReranker(VLMImageCheck, PointwiseReranker):
         self.max_doc_words = max_doc_words
         self.max_query_words = max_query_words
         self.sort_by_length = sort_by_length
-        kw = hub_kwargs(revision=revision, cache_dir=cache_dir, local_files_only=local_files_only, token=token)
-        self.vlm = InstructVLM(model, device=device, dtype=dtype, min_pixels=min_pixels, max_pixels=max_pixels,
-                               attn_implementation=attn_implementation, load_format=load_format, hub=kw,
-                               what="pairwise scorer")
+        self.vlm = InstructVLM(model, LoadOptions.merge(load, **load_options), min_pixels=min_pixels,
+                               max_pixels=max_pixels, what="pairwise scorer")
         self.model_name = self.vlm.model_name
         self.yes_id, self.no_id, self.single_token_answers = self._answer_tokens()
 

@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 import torch
@@ -51,16 +52,16 @@ from ..errors import InputError
 from ..inputs.documents import Document, Query
 from ..inputs.images import DEFAULT_POLICY, ImagePolicy
 from ..models.batching import DeviceFeed, ImageRef, Item, WorkerPool, plan_batches, prefetched
-from ..models.dummy import build_checkpoint, is_dummy, warn_dummy
 from ..models.features import DEFAULT_CACHE_BYTES, FeatureCache
 from ..models.jina import SCORE_TOKEN_ID, JinaVLForRanking, logits_to_scores
-from ..models.loading import guarded_load, hub_kwargs, pick_device, pick_dtype
+from ..models.loading import guarded_load
+from ..models.options import DEFAULT_POINTWISE_MODEL, MAX_PIXELS, MIN_PIXELS, LoadOptions, load_model
 from ..models.processing import IMAGE_PAD, IMAGE_PLACEHOLDER, ImageFeatures, VisionTextProcessor, protect_text
 from .base import OnError, PointwiseReranker
 
 logger = logging.getLogger("mmrank")
 
-DEFAULT_MODEL = "jinaai/jina-reranker-m0"
+DEFAULT_MODEL = DEFAULT_POINTWISE_MODEL
 
 
 def jina_prompt(doc: str, query: str) -> str:
@@ -68,111 +69,107 @@ def jina_prompt(doc: str, query: str) -> str:
     return "**Document**:\n" + doc + "\n" + "**Query**:\n" + query
 
 
-class JinaRerankerM0(PointwiseReranker):
-    """jina-reranker-m0 (Qwen2-VL-2B + MLP score head): one relevance score in (0, 1) per document.
+@dataclass(frozen=True)
+class SpeedOptions:
+    """How :class:`JinaRerankerM0` schedules its work; none of these change the scores beyond float rounding.
 
     Args:
-        model: model id on the Hugging Face hub or a local folder (default: the real checkpoint).
-        device: ``"cuda"``, ``"cpu"``, ... (default: CUDA if available).
-        dtype: ``"auto"`` (bfloat16 on CUDA, float32 on CPU), ``"float32"``, ``"bfloat16"``, ``"float16"``.
-        batch_size: pairs per forward pass (reference default 8).
-        max_length / max_query_length / max_doc_length: token limits (reference defaults 10240 / 512 /
-            ``max(max_length - max_query_length, max_query_length)``).
-        min_pixels / max_pixels: image budget (reference 56² .. 768·28²).
-        load_format: ``"auto"`` loads the weights; ``"dummy"`` builds the real architecture with random
-            weights (benchmarks and smoke tests; scores mean nothing, and it says so).
-        feature_cache_bytes: bound of the image-feature cache (vision-encoder outputs keyed by image content
-            and pixel budget; ``reranker.feature_cache.stats()``); 0 disables it. Default 512 MiB.
         max_batch_tokens: when set, a batch holds as many pairs as fit in this many padded tokens (at most
             ``batch_size``); default None: ``batch_size`` pairs per batch, as the reference.
+        sort_by_length: form batches from documents sorted by length (less padding); False keeps input order.
         prefetch: prepare batch k+1 (image fingerprints and preprocessing, padding, host-to-device copy) in a
             background thread while batch k runs (default True).
+        feature_cache_bytes: bound of the image-feature cache (vision-encoder outputs keyed by image content
+            and pixel budget; ``reranker.feature_cache.stats()``); 0 disables it. Default 512 MiB.
         compile_vision / compile_lm: ``torch.compile`` the vision blocks / the decoder layers (GPU; each
             compiles once on first use, ~20-40 s; one graph serves all layers and all batch shapes).
         gpu_preprocess: on CUDA, run the image processor on the GPU when it can (torchvision backend).
     """
 
-    def __init__(self, model: str | os.PathLike = DEFAULT_MODEL, *, device: Any = None, dtype: Any = "auto",
-                 batch_size: int = 8, max_length: int = 10240, max_query_length: int = 512,
-                 max_doc_length: int | None = None, min_pixels: int = 3136, max_pixels: int = 602112,
-                 attn_implementation: str | None = "sdpa", sort_by_length: bool = True,
-                 load_format: str = "auto", revision: str | None = None, cache_dir: str | None = None,
-                 local_files_only: bool | None = None, token: str | None = None,
+    max_batch_tokens: int | None = None
+    sort_by_length: bool = True
+    prefetch: bool = True
+    feature_cache_bytes: int = DEFAULT_CACHE_BYTES
+    compile_vision: bool = False
+    compile_lm: bool = False
+    gpu_preprocess: bool = True
+
+    def __post_init__(self) -> None:
+        if self.max_batch_tokens is not None and self.max_batch_tokens < 1:
+            raise InputError("max_batch_tokens must be >= 1 (or None)")
+        if self.feature_cache_bytes < 0:
+            raise InputError("feature_cache_bytes must be >= 0")
+
+
+_SPEED_FIELDS = {f.name for f in fields(SpeedOptions)}
+
+
+class JinaRerankerM0(PointwiseReranker):
+    """jina-reranker-m0 (Qwen2-VL-2B + MLP score head): one relevance score in (0, 1) per document.
+
+    Args:
+        model: model id on the Hugging Face hub or a local folder (default: the real checkpoint).
+        batch_size: pairs per forward pass (reference default 8).
+        max_length / max_query_length / max_doc_length: token limits (reference defaults 10240 / 512 /
+            ``max(max_length - max_query_length, max_query_length)``).
+        min_pixels / max_pixels: image budget (reference 56² .. 768·28²).
+        load: :class:`~mmrank.models.options.LoadOptions` — device (default: CUDA if available), dtype
+            (``"auto"``: bfloat16 on CUDA, float32 on CPU), attention implementation, load format
+            (``"dummy"``: the real architecture with random weights, for benchmarks and smoke tests; scores
+            mean nothing, and it says so), hub options, quantization, device map, extra ``from_pretrained``
+            kwargs.
+        speed: :class:`SpeedOptions` — token-budget batches, length sorting, prefetch, the image-feature
+            cache, ``torch.compile``, GPU preprocessing.
+        on_error / image_policy / show_progress / image_workers: see :class:`mmrank.Reranker`.
+        **options: any field of :class:`~mmrank.models.options.LoadOptions` or :class:`SpeedOptions` as a
+            keyword (``device="cpu"``, ``dtype="float32"``, ``max_batch_tokens=4096``, ``prefetch=False``,
+            ``feature_cache_bytes=0``, …); it overrides ``load`` / ``speed``.
+    """
+
+    def __init__(self, model: str | os.PathLike = DEFAULT_MODEL, *, batch_size: int = 8, max_length: int = 10240,
+                 max_query_length: int = 512, max_doc_length: int | None = None, min_pixels: int = MIN_PIXELS,
+                 max_pixels: int = MAX_PIXELS, load: LoadOptions | None = None, speed: SpeedOptions | None = None,
                  on_error: OnError = "last", image_policy: ImagePolicy = DEFAULT_POLICY,
-                 show_progress: bool = False, image_workers: int = 4,
-                 feature_cache_bytes: int = DEFAULT_CACHE_BYTES, max_batch_tokens: int | None = None,
-                 prefetch: bool = True, compile_vision: bool = False, compile_lm: bool = False,
-                 gpu_preprocess: bool = True):
+                 show_progress: bool = False, image_workers: int = 4, **options: Any):
         super().__init__(on_error=on_error, image_policy=image_policy, show_progress=show_progress,
                          image_workers=image_workers)
+        speed = replace(speed or SpeedOptions(), **{k: options.pop(k) for k in list(options) if k in _SPEED_FIELDS})
+        load = LoadOptions.merge(load, also=sorted(_SPEED_FIELDS), **options)
         if batch_size < 1:
             raise InputError("batch_size must be >= 1")
         if max_doc_length is None:
             max_doc_length = max(max_length - max_query_length, max_query_length)  # reference default
         if max_doc_length < max_query_length:
             raise InputError("max_doc_length must be >= max_query_length (as in the reference)")
-        self.model_name = str(model)
         self.batch_size = int(batch_size)
         self.max_length = int(max_length)
         self.max_query_length = int(max_query_length)
         self.max_doc_length = int(max_doc_length)
-        self.sort_by_length = sort_by_length
-        self.device = pick_device(device)
-        self.dtype = pick_dtype(dtype, self.device)
-        kw = hub_kwargs(revision=revision, cache_dir=cache_dir, local_files_only=local_files_only, token=token)
-        if load_format not in ("auto", "dummy"):
-            raise InputError(f"load_format must be 'auto' or 'dummy', got {load_format!r}")
-        path = str(model)
-        self.is_dummy = load_format == "dummy" or (os.path.isdir(path) and is_dummy(path))
-        if load_format == "dummy":
-            self.model, path = self._build_dummy(path, attn_implementation)
-        else:
-            extra = {"attn_implementation": attn_implementation} if attn_implementation else {}
-            self.model = guarded_load(path, lambda: JinaVLForRanking.from_pretrained(
-                path, dtype=self.dtype, **extra, **kw))
-            self.model.to(self.device)
-        self.model_path = path  # folder the tokenizer and image processor were read from
-        if self.is_dummy:
-            warn_dummy("jina-reranker-m0 scorer")
-        self.model.eval()
-        self.processor = guarded_load(path, lambda: VisionTextProcessor.from_pretrained(
-            path, min_pixels=min_pixels, max_pixels=max_pixels, **(kw if load_format != "dummy" else {})))
-        if max_batch_tokens is not None and max_batch_tokens < 1:
-            raise InputError("max_batch_tokens must be >= 1 (or None)")
-        self.max_batch_tokens = max_batch_tokens
-        self.prefetch = prefetch
+        self.load_options = load
+        self.speed = speed
+        loaded = load_model(model, load, head="jina", what="jina-reranker-m0 scorer",
+                            load=lambda path, kw: JinaVLForRanking.from_pretrained(path, **kw),
+                            build_random=JinaVLForRanking)
+        self.model = loaded.model
+        self.model_name = "dummy:jina-reranker-m0" if loaded.name == f"dummy:{DEFAULT_MODEL}" else loaded.name
+        self.is_dummy = loaded.is_dummy
+        self.device, self.dtype = loaded.device, loaded.dtype
+        self.model_path = loaded.path  # folder the tokenizer and image processor were read from
+        self.processor = guarded_load(loaded.path, lambda: VisionTextProcessor.from_pretrained(
+            loaded.path, min_pixels=min_pixels, max_pixels=max_pixels, **loaded.hub))
+        # Scheduling knobs, read at every call (a benchmark may flip them between calls).
+        self.sort_by_length = speed.sort_by_length
+        self.max_batch_tokens = speed.max_batch_tokens
+        self.prefetch = speed.prefetch
         #: Vision-encoder outputs by image content + pixel budget; ``feature_cache.stats()`` for hit counts.
-        self.feature_cache = FeatureCache(feature_cache_bytes)
-        self.model.configure_fast_paths(compile_vision=compile_vision, compile_lm=compile_lm)
+        self.feature_cache = FeatureCache(speed.feature_cache_bytes)
+        self.model.configure_fast_paths(compile_vision=speed.compile_vision, compile_lm=speed.compile_lm)
         self._pool = WorkerPool(self.image_workers)
         self._feed = DeviceFeed(self.device, self.dtype)
         self._call_local: dict = {}
         self._pinned_scheduled: set = set()
         # Image preprocessing on the GPU (side stream) when the processor can: frees the CPU and the GIL.
-        self._gpu_preprocess = self.device.type == "cuda" and self.processor.supports_device and gpu_preprocess
-
-    def _build_dummy(self, model: str, attn_implementation: str | None):
-        import tempfile
-
-        from transformers import AutoConfig
-
-        size = "tiny" if model == "tiny" else "full"
-        folder = os.path.join(tempfile.gettempdir(), f"mmrank-dummy-jina-{size}")
-        if not os.path.exists(os.path.join(folder, "config.json")):
-            build_checkpoint(folder, family="qwen2_vl", head="jina", size=size, weights=False)
-        config = AutoConfig.from_pretrained(folder)
-        if attn_implementation:
-            config._attn_implementation = attn_implementation
-        torch.manual_seed(0)
-        prev = torch.get_default_dtype()
-        try:
-            torch.set_default_dtype(self.dtype)
-            with torch.device(self.device):
-                model = JinaVLForRanking(config)
-        finally:
-            torch.set_default_dtype(prev)
-        self.model_name = f"dummy:{model}" if model != DEFAULT_MODEL else "dummy:jina-reranker-m0"
-        return model, folder
+        self._gpu_preprocess = self.device.type == "cuda" and self.processor.supports_device and speed.gpu_preprocess
 
     # ------------------------------------------------------------------ preparation
     def _check_image(self, image) -> None:

@@ -9,6 +9,8 @@ import socket
 import sys
 from typing import Any
 
+from ..models.options import add_load_arguments, scorer_kwargs_from_args
+
 _MiB = 1024 * 1024
 
 
@@ -23,11 +25,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--mode", default="pointwise", choices=DEVICE_MODES)
     g.add_argument("--model", default=os.environ.get("MMRANK_MODEL"),
                    help="model id or local folder (default: the mode's default; env MMRANK_MODEL)")
-    g.add_argument("--device", default=None, help="cuda, cpu, mps (default: best available)")
-    g.add_argument("--dtype", default="auto", help="auto, float32, bfloat16, float16")
     g.add_argument("--batch-size", type=int, default=None, help="pairs per forward pass")
-    g.add_argument("--load-format", default="auto", choices=["auto", "dummy"],
-                   help="dummy: random weights of the real architecture (smoke tests; scores mean nothing)")
+    add_load_arguments(p.add_argument_group("model loading"))
     g.add_argument("--served-model-name", action="append", default=[], metavar="NAME",
                    help="name(s) a request's 'model' may use (repeatable); default: any name is accepted")
     g.add_argument("--no-warmup", action="store_true", help="skip the warm-up request at start")
@@ -79,14 +78,9 @@ def _scorer(args: argparse.Namespace, config) -> Any:
     from ..scorers.factory import load_reranker
 
     kw: dict[str, Any] = {"image_policy": config.image_policy()}
-    if args.device:
-        kw["device"] = args.device
-    if args.dtype and args.dtype != "auto":
-        kw["dtype"] = args.dtype
+    kw.update(scorer_kwargs_from_args(args, args.mode))
     if args.batch_size:
         kw["batch_size"] = args.batch_size
-    if args.load_format != "auto":
-        kw["load_format"] = args.load_format
     return load_reranker(args.mode, args.model, **kw)
 
 
