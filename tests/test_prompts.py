@@ -93,8 +93,11 @@ def test_monoqwen_preset_matches_its_model_card():
     assert (t, f) == (r.yes_id, r.no_id)
     want = float(torch.softmax(torch.stack([logits[t], logits[f]]), 0)[0])
     assert r.score(query, [Document(image=page)])[0] == pytest.approx(want, abs=1e-4)
-    with pytest.raises(InputError, match=r"document 1 \(id 'txt'\).*only text"):
-        r.score(query, [Document(image=page), Document(text="words only", id="txt")])
+    ranked = r.rank(query, [Document(text="words only", id="txt"), Document(image=page)])
+    assert [d.index for d in ranked] == [1, 0] and ranked[1].score is None
+    assert "document 0 (id='txt')" in ranked[1].error and "only text" in ranked[1].error
+    with pytest.raises(InputError, match="only text"):
+        r.score(query, [Document(image=page), Document(text="words only")], on_error="raise")
 
 
 def test_pairwise_conversation_refuses_what_the_template_cannot_show():

@@ -24,8 +24,9 @@ uses the **first token** of each (logged once); the first tokens must differ, or
 the page image first, then "Assert the relevance of the previous image document to the following query,
 answer True or False. The query is: {query}", answers True/False — the score is then
 ``softmax(logit("True"), logit("False"))[0]``, as that model's card computes it. It shows image documents
-only; a text-only document is refused with an error naming it. (MonoQwen2-VL ships as a LoRA adapter on
-Qwen2-VL-2B-Instruct: merge it into the base model first and pass the merged folder.)
+only; a text-only document gets an error naming it (ranked last, as any unreadable document).
+(MonoQwen2-VL ships as a LoRA adapter on Qwen2-VL-2B-Instruct: merge it into the base model first and pass
+the merged folder.)
 
 Pairs are scored in batches (``batch_size``), left padded, sorted by length to waste less padding; only
 the last position's logits are computed.
@@ -130,6 +131,12 @@ class PairwiseReranker(VLMImageCheck, PointwiseReranker):
         return yes, no, single
 
     # ------------------------------------------------------------------ documents
+    def _shape_error(self, i: int, doc: Document) -> InputError | None:
+        gap = self.template.cannot_show(doc)
+        if gap:  # e.g. a text-only document under MonoQwen2-VL's image-only prompt: this document goes last
+            return InputError(f"document {i}{f' (id={doc.id!r})' if doc.id is not None else ''}: {gap}")
+        return super()._shape_error(i, doc)
+
     def conversation(self, query: Query | Any, document: Document | Any) -> Conversation:
         """The chat for one (query, document) pair."""
         return pairwise_conversation(Query.coerce(query), Document.coerce(document), self.template,
@@ -138,12 +145,7 @@ class PairwiseReranker(VLMImageCheck, PointwiseReranker):
 
     # ------------------------------------------------------------------ scoring
     def _score_documents(self, query: Query, documents: list[Document]) -> list[float]:
-        convs = []
-        for i, d in enumerate(documents):
-            try:
-                convs.append(self.conversation(query, d))
-            except InputError as exc:
-                raise InputError(f"document {i}{f' (id {d.id!r})' if d.id is not None else ''}: {exc}") from None
+        convs = [self.conversation(query, d) for d in documents]
         prompts = [self.vlm.render(c) for c in convs]
         order = list(range(len(documents)))
         if self.sort_by_length:

@@ -323,6 +323,14 @@ class PairwisePrompt:
         """Whether some segment shows this document part (``"text"`` or ``"image"``)."""
         return any(part in placeholders(s) for s in self.segments)
 
+    def cannot_show(self, document: Document) -> str | None:
+        """Why this template cannot show anything of ``document`` (e.g. a text-only document under an
+        image-only template), or ``None``."""
+        if (document.has_text and self.shows("text")) or (document.has_image and self.shows("image")):
+            return None
+        what = "text" if document.has_text else "image"
+        return f"the pairwise prompt {self.name!r} has no place for a document's {what}, and this document has only {what}"
+
 
 #: Rank-Nexus, Table 8, "Image-based Pairwise Reranking".
 PAIRWISE_PROMPT = PairwisePrompt(
@@ -354,10 +362,9 @@ def pairwise_conversation(query: Query, document: Document, template: PairwisePr
                           image_policy: ImagePolicy = DEFAULT_POLICY) -> Conversation:
     """The chat for one (query, document) pair. Raises :class:`InputError` when the document has no part
     the template shows (e.g. a text-only document under an image-only template)."""
-    if not ((document.has_text and template.shows("text")) or (document.has_image and template.shows("image"))):
-        what = "text" if document.has_text else "image"
-        raise InputError(f"the pairwise prompt {template.name!r} has no place for a document's {what}; this "
-                         f"document has only {what}")
+    gap = template.cannot_show(document)
+    if gap:
+        raise InputError(gap)
     qtext = clean(cut_words(query.text or "", max_query_words)) if query.has_text else ""
     values: dict[str, Any] = {"query": _query_parts(query, qtext, image_policy)}
     if document.has_text:
