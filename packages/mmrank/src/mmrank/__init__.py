@@ -22,6 +22,7 @@ from .errors import (
 )
 from .inputs.documents import Document, Query
 from .inputs.images import ImagePolicy, load_image
+from .models.options import LoadOptions
 from .scorers.base import OnError, PointwiseReranker, PreparedRanking, RankedDocument, Reranker
 
 _LAZY = {
@@ -29,6 +30,7 @@ _LAZY = {
     "ListwiseReranker": ("scorers.listwise", "ListwiseReranker"),
     "PairwiseReranker": ("scorers.pairwise", "PairwiseReranker"),
     "RemoteReranker": ("scorers.remote", "RemoteReranker"),
+    "SpeedOptions": ("scorers.pointwise", "SpeedOptions"),
     "load_reranker": ("scorers.factory", "load_reranker"),
 }
 
@@ -37,6 +39,7 @@ if TYPE_CHECKING:  # pragma: no cover - the lazy names' real types, for type che
     from .scorers.listwise import ListwiseReranker as ListwiseReranker
     from .scorers.pairwise import PairwiseReranker as PairwiseReranker
     from .scorers.pointwise import JinaRerankerM0 as JinaRerankerM0
+    from .scorers.pointwise import SpeedOptions as SpeedOptions
     from .scorers.remote import RemoteReranker as RemoteReranker
 
 
@@ -51,6 +54,6 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "Document", "Query", "RankedDocument", "PreparedRanking", "Reranker", "PointwiseReranker", "OnError", "ImagePolicy",
-    "load_image", "MMRankError", "InputError", "ImageLoadError", "ModelLoadError", "RemoteError",
+    "load_image", "LoadOptions", "MMRankError", "InputError", "ImageLoadError", "ModelLoadError", "RemoteError",
     "UnsupportedInputError", "IdentifierTokenError", *_LAZY,
 ]

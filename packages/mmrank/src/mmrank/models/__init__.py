@@ -1,2 +1,3 @@
 """Models: jina-reranker-m0's architecture and its processing, the instruct-VLM wrapper, loading and
-random-weight (dummy) checkpoints. Everything here imports torch/transformers."""
+random-weight (dummy) checkpoints, loading options. Everything here but ``options`` (and ``loading``) imports
+torch/transformers."""
