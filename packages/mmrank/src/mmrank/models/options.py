@@ -71,8 +71,10 @@ class LoadOptions:
             own choice.
         load_format: ``"auto"`` loads the weights; ``"dummy"`` builds the real architecture with random
             weights (``model="tiny"`` for a tiny one; smoke tests and speed measurements, scores mean nothing).
-        revision / cache_dir / local_files_only / token: Hugging Face hub options (``HF_HUB_OFFLINE`` is
-            honoured: it implies ``local_files_only``).
+        revision: model revision on the hub (branch, tag or commit).
+        cache_dir: Hugging Face cache folder (default: ``HF_HOME``).
+        local_files_only: never contact the hub (``HF_HUB_OFFLINE`` is honoured: it implies this).
+        token: Hugging Face token for gated or private models.
         quantization: ``"4bit"`` (NF4, bfloat16 compute) or ``"8bit"`` via bitsandbytes (CUDA only; needs
             ``pip install bitsandbytes``).
         quantization_config: any transformers quantization config object instead (not with ``quantization``).
@@ -123,8 +125,13 @@ class LoadOptions:
     def merge(cls, load: LoadOptions | None = None, *, also: Sequence[str] = (), **overrides: Any) -> LoadOptions:
         """``load`` (or the defaults) with the given fields replaced — how a scorer combines ``load=`` with
         the loading keywords users pass directly (``device="cpu"``, ``dtype="float32"``, …). An unknown
-        keyword is a ``TypeError`` naming it, as for any misspelt argument (``also``: the caller's other
-        keyword options, listed in that message)."""
+        keyword is a ``TypeError`` naming it, as for any misspelt argument.
+
+        Args:
+            load: the options to start from (``None``: the defaults).
+            also: the caller's other keyword options, listed in the ``TypeError``'s message.
+            **overrides: fields to replace.
+        """
         names = {f.name for f in fields(cls)}
         unknown = sorted(set(overrides) - names)
         if unknown:
@@ -163,6 +170,11 @@ class LoadOptions:
         return dev
 
     def resolve_dtype(self, device: torch.device) -> torch.dtype:
+        """The dtype to load in.
+
+        Args:
+            device: the resolved device (``"auto"`` depends on it).
+        """
         import torch
 
         d = self.dtype
@@ -189,7 +201,11 @@ class LoadOptions:
         return self.quantization is not None or self.quantization_config is not None or self.device_map is not None
 
     def check_requirements(self, device: torch.device) -> None:
-        """Raise :class:`InputError` when an option needs a package that is missing or a CUDA device."""
+        """Raise :class:`InputError` when an option needs a package that is missing or a CUDA device.
+
+        Args:
+            device: the resolved device the model will run on.
+        """
         if self.quantization is not None:
             if not _installed("bitsandbytes"):
                 raise InputError(f"quantization={self.quantization!r} needs the bitsandbytes package: "
@@ -209,7 +225,11 @@ class LoadOptions:
                                  f"{device.type!r}")
 
     def from_pretrained_kwargs(self, dtype: torch.dtype) -> dict[str, Any]:
-        """The keyword arguments of the model's ``from_pretrained`` call."""
+        """The keyword arguments of the model's ``from_pretrained`` call.
+
+        Args:
+            dtype: the resolved dtype.
+        """
         kw: dict[str, Any] = {"dtype": dtype, **self.hub_kwargs()}
         if self.attn_implementation:
             kw["attn_implementation"] = self.attn_implementation
@@ -233,13 +253,18 @@ class LoadOptions:
     # ------------------------------------------------------------------ command line
     @classmethod
     def from_args(cls, ns: argparse.Namespace) -> LoadOptions:
-        """The options given by the flags of :func:`add_load_arguments`."""
+        """The options given by the flags of :func:`add_load_arguments`.
+
+        Args:
+            ns: the parsed command line.
+        """
         return cls(device=ns.device, dtype=ns.dtype, attn_implementation=ns.attn_implementation,
                    load_format=ns.load_format, revision=ns.revision, cache_dir=ns.cache_dir,
                    local_files_only=True if ns.local_files_only else None, quantization=ns.quantization,
                    device_map=ns.device_map)
 
     def is_default(self) -> bool:
+        """Whether every field has its default value."""
         return self == LoadOptions()
 
 

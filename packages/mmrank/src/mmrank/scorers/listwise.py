@@ -91,7 +91,8 @@ class ListwiseReranker(VLMImageCheck, Reranker):
         model: hub id or local folder of an instruct VLM that ``AutoModelForImageTextToText`` loads
             (Qwen2-VL, Qwen2.5-VL, Qwen3-VL). Default ``Qwen/Qwen2-VL-2B-Instruct`` — Rank-Nexus itself has
             no public checkpoint; any fine-tuned listwise VLM of these families drops in.
-        window_size / step: sliding window (RankGPT defaults 20 / 10), walked from the end to the front.
+        window_size: candidates per sliding window (RankGPT default 20), walked from the end to the front.
+        step: how far the window moves each time (RankGPT default 10).
         mode: ``"generate"`` (parse the generated ``[] > []`` answer) or ``"single_pass"`` (FIRST: order by
             the first identifier token's logits; one forward pass per window).
         identifiers: ``"auto"`` (numbers ``1..N`` for generate, letters ``A..`` for single pass),
@@ -100,7 +101,8 @@ class ListwiseReranker(VLMImageCheck, Reranker):
             ``"text"``, ``"multimodal"`` or a :class:`ListwisePrompt`.
         max_new_tokens: generation budget per window (default: the length of a full ranking + 8 tokens).
         max_passage_words: passages are cut to this many words (RankGPT: 300); ``None`` keeps them whole.
-        min_pixels / max_pixels: per-image budget; the default ``256·28·28`` keeps a window of 20 images
+        min_pixels: smallest per-image budget in pixels (default 56²).
+        max_pixels: largest per-image budget in pixels; the default ``256·28·28`` keeps a window of 20 images
             at about 5K visual tokens.
         load: :class:`~mmrank.models.options.LoadOptions` — device, dtype, attention implementation, load
             format (``"dummy"``: random weights), hub options, quantization, device map, extra
@@ -108,7 +110,10 @@ class ListwiseReranker(VLMImageCheck, Reranker):
         **load_options: any field of :class:`~mmrank.models.options.LoadOptions` as a keyword (``device=``,
             ``dtype=``, ``attn_implementation=``, ``load_format=``, ``revision=``, ``cache_dir=``,
             ``local_files_only=``, ``token=``, ``quantization=``, ``device_map=``, …); it overrides ``load``.
-        on_error / image_policy / show_progress / image_workers: see :class:`mmrank.Reranker`.
+        on_error: what to do with a document that cannot be read (see :class:`mmrank.Reranker`).
+        image_policy: limits and sources allowed for images (see :class:`mmrank.Reranker`).
+        show_progress: show a progress bar (see :class:`mmrank.Reranker`).
+        image_workers: threads reading images (see :class:`mmrank.Reranker`).
 
     Scores: ``(n - rank) / n`` in the final order — ranks, not calibrated relevances (see the module doc).
     The raw answers of the last call are kept in ``last_responses`` (generate mode) for inspection.
@@ -158,7 +163,12 @@ class ListwiseReranker(VLMImageCheck, Reranker):
         """Check that each of the first ``n`` identifiers is one token after ``opener`` and say which.
 
         The answer's canonical tokenization is taken in context (right after the assistant turn's start).
-        Raises :class:`IdentifierTokenError` naming the identifier and its tokens otherwise."""
+        Raises :class:`IdentifierTokenError` naming the identifier and its tokens otherwise.
+
+        Args:
+            n: window size (the first ``n`` identifiers are checked).
+            opener: the forced start of the answer.
+        """
         if n not in self._plans:
             self._plans[n] = first_token_plan(self.vlm.token_ids, self.vlm.tokens,
                                               make_identifiers(self.identifiers, n), self.model_name, opener)
@@ -170,7 +180,13 @@ class ListwiseReranker(VLMImageCheck, Reranker):
 
     def window_conversation(self, query: Query | str, documents: Sequence[Document | Any],
                             template: ListwisePrompt | None = None) -> tuple[Conversation, list[str]]:
-        """The conversation for one window (documents in their current order) and its identifiers."""
+        """The conversation for one window (documents in their current order) and its identifiers.
+
+        Args:
+            query: the query (text, image or both).
+            documents: the window's documents, in their current order.
+            template: the prompt template (default: the scorer's choice for this window).
+        """
         query = Query.coerce(query)
         documents = [Document.coerce(d) for d in documents]
         return listwise_conversation(query, documents, template or self._template(query, documents),

@@ -74,14 +74,19 @@ class PairwiseReranker(VLMImageCheck, PointwiseReranker):
         answer_words: the positive and negative answer (default: the prompt's, ``("Yes", "No")`` for
             Rank-Nexus, ``("True", "False")`` for MonoQwen2-VL).
         prompt: ``"rank-nexus"`` (default), ``"monoqwen"`` or a :class:`PairwisePrompt`.
-        max_doc_words / max_query_words: document / query text is cut to this many words (``None``: whole).
-        min_pixels / max_pixels: per-image budget (default 56² .. 768·28², jina-reranker-m0's).
+        max_doc_words: document text is cut to this many words (``None``: whole).
+        max_query_words: query text is cut to this many words (``None``: whole).
+        min_pixels: smallest per-image budget in pixels (default 56², jina-reranker-m0's).
+        max_pixels: largest per-image budget in pixels (default 768·28², jina-reranker-m0's).
         sort_by_length: batch pairs by prompt length (less padding; scores do not depend on it).
         load: :class:`~mmrank.models.options.LoadOptions` — device, dtype, attention implementation, load
             format, hub options, quantization, device map, extra ``from_pretrained`` kwargs.
         **load_options: any field of :class:`~mmrank.models.options.LoadOptions` as a keyword (``device=``,
             ``dtype=``, ``load_format=``, ``quantization=``, …); it overrides ``load``.
-        on_error / image_policy / show_progress / image_workers: see :class:`mmrank.Reranker`.
+        on_error: what to do with a document that cannot be read (see :class:`mmrank.Reranker`).
+        image_policy: limits and sources allowed for images (see :class:`mmrank.Reranker`).
+        show_progress: show a progress bar (see :class:`mmrank.Reranker`).
+        image_workers: threads reading images (see :class:`mmrank.Reranker`).
     """
 
     supports_image_query = True
@@ -138,7 +143,12 @@ class PairwiseReranker(VLMImageCheck, PointwiseReranker):
         return super()._shape_error(i, doc)
 
     def conversation(self, query: Query | Any, document: Document | Any) -> Conversation:
-        """The chat for one (query, document) pair."""
+        """The chat for one (query, document) pair.
+
+        Args:
+            query: the query (text, image or both).
+            document: the document (text, image or both).
+        """
         return pairwise_conversation(Query.coerce(query), Document.coerce(document), self.template,
                                      max_doc_words=self.max_doc_words, max_query_words=self.max_query_words,
                                      clean=self.vlm.clean, image_policy=self.image_policy)

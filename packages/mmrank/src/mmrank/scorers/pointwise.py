@@ -81,8 +81,9 @@ class SpeedOptions:
             background thread while batch k runs (default True).
         feature_cache_bytes: bound of the image-feature cache (vision-encoder outputs keyed by image content
             and pixel budget; ``reranker.feature_cache.stats()``); 0 disables it. Default 512 MiB.
-        compile_vision / compile_lm: ``torch.compile`` the vision blocks / the decoder layers (GPU; each
-            compiles once on first use, ~20-40 s; one graph serves all layers and all batch shapes).
+        compile_vision: ``torch.compile`` the vision blocks (GPU; compiles once on first use, ~20-40 s).
+        compile_lm: ``torch.compile`` the decoder layers (GPU; compiles once on first use, ~20-40 s; one graph
+            serves all layers and all batch shapes).
         gpu_preprocess: on CUDA, run the image processor on the GPU when it can (torchvision backend).
     """
 
@@ -110,9 +111,12 @@ class JinaRerankerM0(PointwiseReranker):
     Args:
         model: model id on the Hugging Face hub or a local folder (default: the real checkpoint).
         batch_size: pairs per forward pass (reference default 8).
-        max_length / max_query_length / max_doc_length: token limits (reference defaults 10240 / 512 /
+        max_length: token limit of a whole prompt (reference default 10240).
+        max_query_length: token limit of the query (reference default 512).
+        max_doc_length: token limit of a text document (reference default
             ``max(max_length - max_query_length, max_query_length)``).
-        min_pixels / max_pixels: image budget (reference 56² .. 768·28²).
+        min_pixels: smallest image budget in pixels (reference 56²).
+        max_pixels: largest image budget in pixels (reference 768·28²).
         load: :class:`~mmrank.models.options.LoadOptions` — device (default: CUDA if available), dtype
             (``"auto"``: bfloat16 on CUDA, float32 on CPU), attention implementation, load format
             (``"dummy"``: the real architecture with random weights, for benchmarks and smoke tests; scores
@@ -120,7 +124,10 @@ class JinaRerankerM0(PointwiseReranker):
             kwargs.
         speed: :class:`SpeedOptions` — token-budget batches, length sorting, prefetch, the image-feature
             cache, ``torch.compile``, GPU preprocessing.
-        on_error / image_policy / show_progress / image_workers: see :class:`mmrank.Reranker`.
+        on_error: what to do with a document that cannot be read (see :class:`mmrank.Reranker`).
+        image_policy: limits and sources allowed for images (see :class:`mmrank.Reranker`).
+        show_progress: show a progress bar (see :class:`mmrank.Reranker`).
+        image_workers: threads reading images (see :class:`mmrank.Reranker`).
         **options: any field of :class:`~mmrank.models.options.LoadOptions` or :class:`SpeedOptions` as a
             keyword (``device="cpu"``, ``dtype="float32"``, ``max_batch_tokens=4096``, ``prefetch=False``,
             ``feature_cache_bytes=0``, …); it overrides ``load`` / ``speed``.
