@@ -31,6 +31,7 @@ _LAZY = {
     "PairwiseReranker": ("scorers.pairwise", "PairwiseReranker"),
     "RemoteReranker": ("scorers.remote", "RemoteReranker"),
     "SpeedOptions": ("scorers.pointwise", "SpeedOptions"),
+    "ChatReranker": ("scorers.chat", "ChatReranker"),
     "load_reranker": ("scorers.factory", "load_reranker"),
 }
 

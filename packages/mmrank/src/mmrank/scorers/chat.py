@@ -96,7 +96,7 @@ from ..ranking.permutation import (
     rerank_with_windows,
     sliding_windows,
 )
-from .base import OnError, RankedDocument, Reranker
+from .base import OnError, RankedDocument, Reranker, order_by_score
 from .http import HttpClient, redact_url
 from .prompts import (
     LISTWISE_PROMPTS,
@@ -177,14 +177,23 @@ _USAGE_SINK: contextvars.ContextVar[list[ChatUsage] | None] = contextvars.Contex
                                                                                       default=None)
 
 
-def _fit_size(width: int, height: int, factor: int, min_pixels: int, max_pixels: int) -> tuple[int, int]:
-    """(width, height) the Qwen-VL image processors resize to (``smart_resize``); InputError if impossible."""
-    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
-
-    try:
-        h, w = smart_resize(height, width, factor=factor, min_pixels=min_pixels, max_pixels=max_pixels)
-    except ValueError as exc:
-        raise InputError(f"image of {width}x{height} cannot be processed: {exc}") from None
+def fit_size(width: int, height: int, factor: int = 28, min_pixels: int = 3136,
+             max_pixels: int = 602112) -> tuple[int, int]:
+    """``(width, height)`` the Qwen-VL image processors resize an image to (their ``smart_resize`` rule: both
+    sides multiples of ``factor``, the area within ``[min_pixels, max_pixels]``, the aspect ratio kept as
+    well as possible). :class:`InputError` for an aspect ratio above 200, which they refuse."""
+    if min(width, height) < 1 or max(width, height) / min(width, height) > 200:
+        raise InputError(f"image of {width}x{height} cannot be processed: its aspect ratio must be below 200")
+    h = round(height / factor) * factor
+    w = round(width / factor) * factor
+    if h * w > max_pixels:
+        beta = math.sqrt(height * width / max_pixels)
+        h = max(factor, math.floor(height / beta / factor) * factor)
+        w = max(factor, math.floor(width / beta / factor) * factor)
+    elif h * w < min_pixels:
+        beta = math.sqrt(min_pixels / (height * width))
+        h = math.ceil(height * beta / factor) * factor
+        w = math.ceil(width * beta / factor) * factor
     return w, h
 
 
@@ -363,7 +372,7 @@ class ChatReranker(Reranker):
             url = resolve_source(item.image, self.image_policy).url  # the policy's scheme rules apply
         if url is None:
             img = item.load_image(self.image_policy)
-            w, h = _fit_size(img.width, img.height, self.image_factor, self.min_pixels, self.max_pixels)
+            w, h = fit_size(img.width, img.height, self.image_factor, self.min_pixels, self.max_pixels)
             if (w, h) != img.size:
                 img = img.resize((w, h), Image.Resampling.BICUBIC)
             buf = io.BytesIO()
@@ -684,7 +693,7 @@ class ChatReranker(Reranker):
                 with ThreadPoolExecutor(max_workers=min(self.max_concurrency, len(documents))) as pool:
                     scores = list(pool.map(lambda d: self._run(self._pair_steps(query, d, usage)), documents))
             self._finish(usage)
-            return _by_score(scores)
+            return order_by_score(scores)
         template = listwise_template(self.prompt, query, documents)
         order = rerank_with_windows(
             len(documents), self.window_size, self.step,
@@ -699,7 +708,7 @@ class ChatReranker(Reranker):
         if self.method == "pairwise":
             scores = await asyncio.gather(*(self._arun(self._pair_steps(query, d, usage)) for d in documents))
             self._finish(usage)
-            return _by_score(list(scores))
+            return order_by_score(list(scores))
         template = listwise_template(self.prompt, query, documents)
         # The walk of rerank_with_windows, awaiting each window (windows of one query are sequential).
         order = list(range(len(documents)))
@@ -713,30 +722,6 @@ class ChatReranker(Reranker):
         return list(zip(order, rank_scores(len(order)), strict=True))
 
     # ------------------------------------------------------------------ public API
-    async def arank(self, query: Any, documents: Sequence[Any] | Iterable[Any], top_n: int | None = None, *,
-                    score_threshold: float | None = None, on_error: OnError | None = None) -> list[RankedDocument]:
-        """Real async: requests run on the event loop (httpx.AsyncClient); only reading local images runs in a
-        worker thread."""
-        policy, q, docs = self._begin(query, documents, top_n, score_threshold, on_error)
-        if not docs:
-            return []
-        if q.has_image or any(d.has_image for d in docs):
-            def prepare():
-                self._check_query(q)
-                return self._prepare_documents(docs)
-
-            errors = await asyncio.to_thread(prepare)
-        else:
-            self._check_query(q)
-            errors = self._prepare_documents(docs)
-        good = self._good_documents(errors, policy)
-        pairs = await self._arank_documents(q, [docs[i] for i in good]) if good else []
-        return self._assemble(docs, errors, good, pairs, top_n, score_threshold)
-
-    async def ascore(self, query: Any, documents: Sequence[Any] | Iterable[Any], *,
-                     on_error: OnError | None = None) -> list[float | None]:
-        return self._in_input_order(await self.arank(query, documents, on_error=on_error))
-
     def rank_many(self, requests: Iterable[tuple[Any, Sequence[Any]]], top_n: int | None = None, *,
                   score_threshold: float | None = None, on_error: OnError | None = None) -> list[list[RankedDocument]]:
         """Rank many ``(query, documents)`` lists concurrently (at most ``max_concurrency`` requests in flight);
@@ -798,11 +783,6 @@ def _tops(entry: Any) -> dict[str, float]:
             if lp is not None:
                 out[t["token"]] = max(lp, out.get(t["token"], -math.inf))
     return out
-
-
-def _by_score(scores: list[float]) -> list[tuple[int, float]]:
-    order = sorted(range(len(scores)), key=lambda i: (-scores[i], i))
-    return [(i, float(scores[i])) for i in order]
 
 
 def _pairs(requests: Iterable[tuple[Any, Sequence[Any]]]) -> list[tuple[Any, Sequence[Any]]]:
