@@ -18,6 +18,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -93,23 +94,29 @@ def transformers_serve(folder: str | os.PathLike, *, start_timeout: float = 60.0
     port = _free_port()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
            "OMP_NUM_THREADS": "1"}
+    log = tempfile.TemporaryFile()  # a file, not a pipe: a full pipe would stall the server
     proc = subprocess.Popen([*cli, "serve", str(folder), "--port", str(port), "--host", "127.0.0.1",
                              "--device", "cpu", "--dtype", "float32"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, start_new_session=False)
+                            stdout=log, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}"
+
+    def output() -> str:
+        log.seek(0)
+        return log.read().decode(errors="replace")[-3000:]
+
     try:
         deadline = time.monotonic() + start_timeout
         while True:
             if proc.poll() is not None:
-                out = proc.stdout.read().decode(errors="replace") if proc.stdout else ""
-                raise RuntimeError(f"transformers serve exited with {proc.returncode}:\n{out[-3000:]}")
+                raise RuntimeError(f"transformers serve exited with {proc.returncode}:\n{output()}")
             try:
                 if httpx.get(url + "/health", timeout=1.0).status_code == 200:
                     break
             except httpx.HTTPError:
                 pass
             if time.monotonic() > deadline:
-                raise RuntimeError(f"transformers serve did not answer /health within {start_timeout:g}s")
+                raise RuntimeError(f"transformers serve did not answer /health within {start_timeout:g}s:\n"
+                                   f"{output()}")
             time.sleep(0.2)
         yield url
     finally:
@@ -119,5 +126,4 @@ def transformers_serve(folder: str | os.PathLike, *, start_timeout: float = 60.0
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout=10)
-        if proc.stdout:
-            proc.stdout.close()
+        log.close()
