@@ -210,6 +210,7 @@ def test_retry_after_forms_and_settings_checks():
     assert retry_after(resp("2")) == 2.0 and retry_after(resp("-3")) == 0.0
     assert retry_after(resp("nan")) is None and retry_after(resp("soon")) is None
     assert retry_after(resp("Wed, 21 Oct 2015 07:28:00 GMT")) == 0.0  # a date in the past
+    assert HttpClient(timeout=None).attempt_limit is None and HttpClient(timeout=2).attempt_limit == 2.0
     for bad in ({"timeout": 0}, {"timeout": -1}, {"deadline": 0}, {"max_retries": -1}, {"backoff": -1},
                 {"timeout": float("inf")}):
         with pytest.raises(ValueError, match=next(iter(bad))):

@@ -216,7 +216,7 @@ class HttpClient:
         api_key: sent as ``Authorization: Bearer <key>``; never logged or shown.
         headers: extra headers; values of credential headers are redacted like the key.
         timeout: seconds one attempt may take as a whole (or an ``httpx.Timeout``, whose largest part is
-            used as that bound and whose parts still bound each connect/read/write).
+            used as that bound and whose parts still bound each connect/read/write; ``None``: unbounded).
         deadline: seconds one call may take including retries and waits (``None``: no bound beyond
             ``timeout`` per attempt and the retry budget).
         max_retries / backoff / max_backoff / max_retry_after: see the module docstring; the n-th retry
@@ -227,7 +227,7 @@ class HttpClient:
     """
 
     def __init__(self, *, what: str = "the server", api_key: str | None = None,
-                 headers: dict[str, str] | None = None, timeout: float | httpx.Timeout = 60.0,
+                 headers: dict[str, str] | None = None, timeout: float | httpx.Timeout | None = 60.0,
                  deadline: float | None = None, max_retries: int = 3, backoff: float = 0.5,
                  max_backoff: float = 20.0, max_retry_after: float = 60.0, hints: dict[int, str] | None = None,
                  user_agent: str = "mmrank", transport: httpx.BaseTransport | None = None,
@@ -235,7 +235,10 @@ class HttpClient:
                  max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES):
         if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
             raise InputError(f"max_retries must be an integer >= 0, got {max_retries!r}")
-        if isinstance(timeout, httpx.Timeout):
+        if timeout is None:  # no whole-attempt bound (the deadline, if any, still holds)
+            limit = None
+            self.timeout = httpx.Timeout(None)
+        elif isinstance(timeout, httpx.Timeout):
             parts = [t for t in (timeout.connect, timeout.read, timeout.write, timeout.pool) if t is not None]
             limit = max(parts) if parts else None
             self.timeout = timeout
