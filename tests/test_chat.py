@@ -334,14 +334,15 @@ def _png_of(uri: str) -> Image.Image:
 def test_images_travel_as_image_url_parts_at_the_pixel_budget(tmp_path):
     big = tmp_path / "page.png"
     Image.new("RGB", (1000, 700), (200, 30, 30)).save(big)
-    with serve(Engine()) as img_host:
-        png_url = img_host.url + "/never-fetched.png"
+    small = sample_image_bytes(3, size=(56, 84))
+    with serve(lambda req: Reply(body=small, headers={"Content-Type": "image/png"})) as img_host:
+        png_url = img_host.url + "/page.png"
         eng = Engine()
         with serve(eng) as srv:
             r = ChatReranker(srv.url, "m", max_pixels=64 * 28 * 28, allow_remote_urls=True, max_retries=0)
             ranked = r.rank({"image": sample_image(1), "text": "red"},
                             [Document(text="doc 1 caption", image=big), Document(image=png_url), "doc 3"])
-            assert len(ranked) == 3
+            assert len(ranked) == 3 and all(x.score is not None for x in ranked)
             msgs = eng.bodies[0]["messages"]
             parts = [p for m in msgs if isinstance(m["content"], list) for p in m["content"]]
             urls = [p["image_url"]["url"] for p in parts if p["type"] == "image_url"]
@@ -351,15 +352,24 @@ def test_images_travel_as_image_url_parts_at_the_pixel_budget(tmp_path):
             assert page.getpixel((10, 10)) == (200, 30, 30)
             assert msgs[1]["content"][0]["type"] == "text" and msgs[1]["content"][1]["type"] == "image_url"
             assert img_host.requests == []  # the URL was passed on, not fetched
-            # Without allow_remote_urls the URL is fetched here, under the policy (SSRF guard on by default).
+            # Without allow_remote_urls the URL is fetched here, under the policy, and sent as data.
+            eng.bodies.clear()
             r = ChatReranker(srv.url, "m", max_retries=0)
-            ranked = r.rank("q", [Document(image=png_url), "doc 2"])
-            assert ranked[-1].score is None and "document 0" in ranked[-1].error
+            r.rank("q", [Document(image=png_url), "doc 2"])
+            assert len(img_host.requests) == 1
+            sent = [p["image_url"]["url"] for m in eng.bodies[0]["messages"] if isinstance(m["content"], list)
+                    for p in m["content"] if p["type"] == "image_url"]
+            assert _png_of(sent[0]).tobytes() == Image.open(io.BytesIO(small)).convert("RGB").tobytes()
+            # A policy that refuses private addresses refuses them for the engine too, per document.
+            strict = ChatReranker(srv.url, "m", allow_remote_urls=True, image_policy=ImagePolicy.strict(),
+                                  max_retries=0)
+            ranked = strict.rank("q", [Document(image=png_url), "doc 2"])
+            assert ranked[-1].index == 0 and "non-public address" in ranked[-1].error
             broken = tmp_path / "broken.png"
             broken.write_bytes(sample_image_bytes(0)[:50])
             ranked = r.rank("q", [Document(image=broken), "doc 2", Document(image=sample_image_bytes(2))])
             assert [x.index for x in ranked][-1] == 0 and "truncated" in ranked[-1].error
-    assert ChatReranker("http://x.test", "m", image_policy=ImagePolicy(allow_private_addresses=True))
+            assert len(img_host.requests) == 1
 
 
 # ------------------------------------------------------------------------------------------- many queries

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -77,12 +76,13 @@ def _free_port() -> int:
 
 
 def transformers_cli() -> list[str] | None:
-    """How to run the ``transformers`` CLI of this interpreter's environment (``None`` if absent)."""
-    exe = Path(sys.executable).with_name("transformers")
-    if exe.exists():
-        return [str(exe)]
-    found = shutil.which("transformers")
-    return [found] if found else None
+    """How to run the ``transformers`` CLI with this interpreter (``None`` if transformers has no CLI here).
+    ``python -m`` rather than the console script, whose shebang may name another environment's Python."""
+    import importlib.util
+
+    if importlib.util.find_spec("transformers.cli.transformers") is None:
+        return None
+    return [sys.executable, "-m", "transformers.cli.transformers"]
 
 
 @contextlib.contextmanager

@@ -12,7 +12,8 @@ bytes, PIL image, ``data:``/base64) is read under the :class:`~mmrank.ImagePolic
 model's image processor would give it (``smart_resize`` between ``min_pixels`` and ``max_pixels``, factor
 ``image_factor`` — 28 for Qwen2/2.5-VL, 32 for Qwen3-VL) and sent as a lossless PNG ``data:`` URI, so the
 server sees the pixels a local scorer would. An ``http(s)`` image URL is fetched here under the policy and
-sent the same way, unless ``allow_remote_urls=True``, which passes the URL to the server to fetch.
+sent the same way, unless ``allow_remote_urls=True``, which passes the URL to the server to fetch (the
+policy's scheme and address rules still apply to it, checked from here).
 
 Methods and modes
 =================
@@ -85,7 +86,7 @@ from PIL import Image
 
 from ..errors import InputError, RemoteError
 from ..inputs.documents import Document, Query
-from ..inputs.images import DEFAULT_POLICY, ImagePolicy, resolve_source
+from ..inputs.images import DEFAULT_POLICY, ImagePolicy, check_url_host, resolve_source
 from ..ranking.permutation import (
     format_ranking,
     make_identifiers,
@@ -370,6 +371,10 @@ class ChatReranker(Reranker):
         if (self.allow_remote_urls and isinstance(item.image, str)
                 and item.image.strip().lower().startswith(("http://", "https://"))):
             url = resolve_source(item.image, self.image_policy).url  # the policy's scheme rules apply
+            if url is not None:
+                # ... and its address rules: a policy that refuses private addresses does not let the engine
+                # fetch them either (checked from here; the engine may sit on another network).
+                check_url_host(url, self.image_policy)
         if url is None:
             img = item.load_image(self.image_policy)
             w, h = fit_size(img.width, img.height, self.image_factor, self.min_pixels, self.max_pixels)

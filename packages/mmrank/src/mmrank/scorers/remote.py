@@ -19,13 +19,16 @@ infinity  Infinity's ``/rerank``: text only, ``documents: list[str]`` (at most 2
           split at 512 by default), ``return_documents: false``; ``document`` comes back as a plain string. An
           image document or image query raises :class:`~mmrank.errors.UnsupportedInputError`.
 auto      ``api.jina.ai`` → jina; otherwise one ``GET /v1/models`` (then ``/models``) on first use reads
-          ``owned_by`` (``vllm`` → vllm, ``infinity`` → infinity, anything else or no answer → jina).
+          ``owned_by`` (``vllm`` → vllm, ``infinity`` → infinity, anything else or no answer → jina). A base
+          URL (no path) then gets the detected dialect's path (``/rerank`` for Infinity, ``/v1/rerank``
+          otherwise); a path the caller wrote is kept.
 ========  ==================================================================================================
 
 Verified against: ``mmrank serve`` for real (a server process started by the tests, on the same tiny model
 as the local scorer: equal rankings and scores within 1e-5 for text, base64 image and mixed documents);
 Jina, vLLM and Infinity by request/response-shape tests against recorded responses shaped after their
-published APIs (``tests/fixtures/remote_*.json``) — not against the live services, which this project
+published APIs (``tests/fixtures/remote_*.json``) and an Infinity-shaped server on 127.0.0.1 (its paths:
+``/models``, ``/rerank``; ``tests/test_http.py``) — not against the live services, which this project
 cannot reach.
 
 Images: an ``http(s)`` URL is passed through untouched (the client neither downloads nor decodes it; the
