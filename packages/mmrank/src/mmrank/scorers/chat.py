@@ -209,24 +209,43 @@ class ChatReranker(Reranker):
         mode: listwise only — ``"generate"`` or ``"single_pass"``.
         api_key: bearer token (default ``MMRANK_CHAT_API_KEY``; ``OPENAI_API_KEY`` for api.openai.com only).
             Never logged, never in an error or ``repr``.
-        window_size / step / identifiers / prompt / max_passage_words / max_new_tokens: as for
-            :class:`~mmrank.ListwiseReranker` (``max_new_tokens`` default: the length of a full ranking in
-            characters + 8, an upper bound of its tokens).
-        pairwise_prompt / max_doc_words / max_query_words: as for :class:`~mmrank.PairwiseReranker`
-            (``pairwise_prompt`` may be ``"rank-nexus"``, ``"monoqwen"`` or a :class:`PairwisePrompt`).
-        min_pixels / max_pixels / image_factor: the model's per-image budget; ``max_pixels`` defaults to the
-            local scorer's (``256·28·28`` listwise, ``768·28·28`` pairwise).
+        window_size: candidates per listwise window (RankGPT default 20), as for the local scorer.
+        step: how far the window moves towards the front (default 10).
+        identifiers: ``"auto"`` (numbers for generate, letters for single pass), ``"numbers"``,
+            ``"letters"`` or a list of strings.
+        prompt: ``"auto"``, ``"text"``, ``"multimodal"`` or a :class:`ListwisePrompt`.
+        max_passage_words: listwise passages are cut to this many words (``None``: whole).
+        max_new_tokens: generation budget per window (default: the length of a full ranking in characters
+            + 8, an upper bound of its tokens).
+        pairwise_prompt: ``"rank-nexus"``, ``"monoqwen"`` or a :class:`PairwisePrompt`.
+        max_doc_words: pairwise document text is cut to this many words (``None``: whole).
+        max_query_words: pairwise query text is cut to this many words (``None``: whole).
+        min_pixels: smallest image area the model's processor allows (default 56²).
+        max_pixels: largest image area; default the local scorer's (``256·28·28`` listwise,
+            ``768·28·28`` pairwise).
+        image_factor: the processor's size multiple (28 for Qwen2/2.5-VL, 32 for Qwen3-VL).
         allow_remote_urls: pass ``http(s)`` image URLs to the server instead of fetching them here.
         prefill: single-pass only — ``"auto"``, ``"continue"`` or ``"none"`` (module docstring).
         top_logprobs: how many alternatives to ask for (1..20).
         strict: a generated ranking that is not a full permutation is an error instead of being repaired.
         extra_body: fields added to every request (e.g. ``{"chat_template_kwargs": {"enable_thinking":
             False}}`` for Qwen3, ``{"mm_processor_kwargs": {...}}``, ``{"seed": 0}``).
-        timeout / deadline / max_retries / backoff / max_backoff / max_retry_after / headers / transport /
-            async_transport / verify: the HTTP layer (:class:`~mmrank.scorers.http.HttpClient`).
+        timeout: seconds one HTTP attempt may take as a whole (``None``: unbounded).
+        deadline: seconds one request may take including its retries and waits (``None``: no bound).
+        max_retries: retries after the first attempt on 429, 5xx, 408 and connection errors / timeouts.
+        backoff: base of the exponential backoff (full jitter), in seconds.
+        max_backoff: longest wait between two attempts, in seconds.
+        max_retry_after: a ``Retry-After`` longer than this fails at once instead of waiting.
         max_concurrency: requests in flight at once per scorer (sync and async).
+        headers: extra HTTP headers (credential headers are redacted like the key).
+        transport: a custom sync ``httpx`` transport (tests, proxies).
+        async_transport: a custom async ``httpx`` transport.
+        verify: TLS verification, as for httpx.
         clean: how user text is made safe for the chat template (default :func:`defuse_special_tokens`).
-        on_error / image_policy / show_progress / image_workers: as for every scorer.
+        on_error: ``"last"`` (unreadable documents ranked last with an error) or ``"raise"``.
+        image_policy: how local images and URLs are read (:class:`~mmrank.ImagePolicy`).
+        show_progress: accepted for symmetry with the local scorers (requests are not shown).
+        image_workers: threads that read images before the requests.
     """
 
     supports_image_query = True
@@ -343,6 +362,7 @@ class ChatReranker(Reranker):
     # ------------------------------------------------------------------ niceties
     @property
     def has_api_key(self) -> bool:
+        """Whether an API key is sent (the key itself is never shown)."""
         return bool(self.__api_key)
 
     def __repr__(self) -> str:
@@ -352,9 +372,11 @@ class ChatReranker(Reranker):
     __str__ = __repr__
 
     def close(self) -> None:
+        """Close the HTTP connections (async clients are closed by :meth:`aclose` on their loop)."""
         self._http.close()
 
     async def aclose(self) -> None:
+        """Close this event loop's HTTP client, then the rest (:meth:`close`)."""
         await self._http.aclose()
 
     # ------------------------------------------------------------------ images
@@ -406,7 +428,13 @@ class ChatReranker(Reranker):
     # ------------------------------------------------------------------ prompts (the local scorers' code)
     def window_conversation(self, query: Query | Any, documents: Sequence[Document | Any],
                             template: ListwisePrompt | None = None) -> tuple[Conversation, list[str]]:
-        """The listwise conversation for one window — built exactly as the local scorer builds it."""
+        """The listwise conversation for one window — built exactly as the local scorer builds it.
+
+        Args:
+            query: the query (anything :meth:`mmrank.Query.coerce` takes).
+            documents: the window's documents in their current order.
+            template: the prompt template (default: the one ``prompt`` picks for these inputs).
+        """
         query = Query.coerce(query)
         documents = [Document.coerce(d) for d in documents]
         return listwise_conversation(query, documents, template or listwise_template(self.prompt, query, documents),
@@ -414,14 +442,25 @@ class ChatReranker(Reranker):
                                      image_policy=self.image_policy)
 
     def pair_conversation(self, query: Query | Any, document: Document | Any) -> Conversation:
-        """The pairwise conversation for one (query, document) pair — the local scorer's."""
+        """The pairwise conversation for one (query, document) pair — the local scorer's.
+
+        Args:
+            query: the query.
+            document: the document.
+        """
         return pairwise_conversation(Query.coerce(query), Document.coerce(document), self.pairwise_prompt,
                                      max_doc_words=self.max_doc_words, max_query_words=self.max_query_words,
                                      clean=self.clean, image_policy=self.image_policy)
 
     def window_messages(self, query: Query | Any, documents: Sequence[Document | Any],
                         template: ListwisePrompt | None = None) -> tuple[list[dict[str, Any]], list[str]]:
-        """The OpenAI messages for one listwise window, as sent, and the window's identifiers."""
+        """The OpenAI messages for one listwise window, as sent, and the window's identifiers.
+
+        Args:
+            query: the query.
+            documents: the window's documents in their current order.
+            template: the prompt template (default: the one ``prompt`` picks for these inputs).
+        """
         query = Query.coerce(query)
         documents = [Document.coerce(d) for d in documents]
         tp = template or listwise_template(self.prompt, query, documents)
@@ -430,7 +469,12 @@ class ChatReranker(Reranker):
         return conv.openai_messages(image_url=lambda im: urls[id(im)]), ids
 
     def pair_messages(self, query: Query | Any, document: Document | Any) -> list[dict[str, Any]]:
-        """The OpenAI messages for one pairwise pair, as sent."""
+        """The OpenAI messages for one pairwise pair, as sent.
+
+        Args:
+            query: the query.
+            document: the document.
+        """
         query, document = Query.coerce(query), Document.coerce(document)
         q, (d,), urls = self._stand_ins(query, [document])
         return self.pair_conversation(q, d).openai_messages(image_url=lambda im: urls[id(im)])
@@ -730,7 +774,14 @@ class ChatReranker(Reranker):
     def rank_many(self, requests: Iterable[tuple[Any, Sequence[Any]]], top_n: int | None = None, *,
                   score_threshold: float | None = None, on_error: OnError | None = None) -> list[list[RankedDocument]]:
         """Rank many ``(query, documents)`` lists concurrently (at most ``max_concurrency`` requests in flight);
-        one ranking per list, in order. ``last_usage`` is the sum over all lists. The first error raises."""
+        one ranking per list, in order. ``last_usage`` is the sum over all lists. The first error raises.
+
+        Args:
+            requests: ``(query, documents)`` pairs.
+            top_n: keep the best ``top_n`` of each ranking (``None``: all).
+            score_threshold: drop scored documents below this score.
+            on_error: per-call override of the scorer's ``on_error``.
+        """
         items = _pairs(requests)
         sink: list[ChatUsage] = []
 
@@ -749,7 +800,14 @@ class ChatReranker(Reranker):
     async def arank_many(self, requests: Iterable[tuple[Any, Sequence[Any]]], top_n: int | None = None, *,
                          score_threshold: float | None = None,
                          on_error: OnError | None = None) -> list[list[RankedDocument]]:
-        """Async :meth:`rank_many` on the running event loop."""
+        """Async :meth:`rank_many` on the running event loop.
+
+        Args:
+            requests: ``(query, documents)`` pairs.
+            top_n: keep the best ``top_n`` of each ranking (``None``: all).
+            score_threshold: drop scored documents below this score.
+            on_error: per-call override of the scorer's ``on_error``.
+        """
         items = _pairs(requests)
         sink: list[ChatUsage] = []
 

@@ -198,15 +198,21 @@ class RemoteReranker(Reranker):
         deadline: seconds one request may take including its retries and waits (default: no bound beyond
             ``timeout`` per attempt); a retry that could not finish in time is not started.
         max_retries: retries after the first attempt on 429, 5xx, 408 and connection errors/timeouts.
-        backoff / max_backoff: the n-th retry waits a random time in ``[0, min(max_backoff, backoff·2ⁿ)]``
-            (full jitter), or the server's ``Retry-After`` when it sends one.
+        backoff: the n-th retry waits a random time in ``[0, min(max_backoff, backoff·2ⁿ)]`` (full jitter), or
+            the server's ``Retry-After`` when it sends one.
+        max_backoff: the longest such wait, in seconds.
         max_retry_after: a ``Retry-After`` longer than this (seconds) fails at once instead of sleeping.
-        max_documents_per_request / max_request_bytes: split long lists into several requests.
+        max_documents_per_request: documents per request at most (long lists are split).
+        max_request_bytes: approximate request size at most (long lists are split).
         max_concurrency: sub-requests in flight at once (sync and async).
         headers: extra HTTP headers (e.g. a tenant id). ``Authorization`` is set from ``api_key``.
-        transport / async_transport: custom httpx transports (tests, proxies).
-        on_error / image_policy / image_workers: as for every scorer; the policy governs how local
-            images are read before sending (URLs are not fetched here).
+        transport: a custom sync httpx transport (tests, proxies).
+        async_transport: a custom async httpx transport.
+        verify: TLS verification, as for httpx.
+        on_error: ``"last"`` (unreadable documents ranked last with an error) or ``"raise"``.
+        image_policy: how local images are read before sending (URLs are not fetched here).
+        show_progress: accepted for symmetry with the local scorers.
+        image_workers: threads that read local images.
     """
 
     def __init__(self, url: str | None = None, *, model: str | None = None, api_key: str | None = None,
@@ -271,10 +277,12 @@ class RemoteReranker(Reranker):
     # ------------------------------------------------------------------ niceties
     @property
     def dialect(self) -> str:
+        """The rerank dialect in use (``"auto"`` until the first call has probed the server)."""
         return self._dialect
 
     @property
     def has_api_key(self) -> bool:
+        """Whether an API key is sent (the key itself is never shown)."""
         return bool(self.__api_key)
 
     def __repr__(self) -> str:
@@ -286,9 +294,11 @@ class RemoteReranker(Reranker):
 
     # ------------------------------------------------------------------ clients
     def close(self) -> None:
+        """Close the HTTP connections (async clients are closed by :meth:`aclose` on their loop)."""
         self._http.close()
 
     async def aclose(self) -> None:
+        """Close this event loop's HTTP client, then the rest (:meth:`close`)."""
         await self._http.aclose()
 
     # ------------------------------------------------------------------ dialect
