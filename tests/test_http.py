@@ -233,3 +233,18 @@ async def test_async_attempt_is_cancelled_at_the_limit_and_the_client_stays_usab
         resp = await asyncio.to_thread(client.send, "POST", srv.url + "/v1/rerank", {"documents": ["a"]})
         assert resp.status_code == 200
         await client.aclose()
+
+
+def test_text_that_is_not_unicode_is_a_clear_input_error_before_anything_is_sent():
+    from mmrank.errors import InputError
+
+    with serve(rerank_answer) as srv:
+        r = RemoteReranker(srv.url + "/v1/rerank", dialect="jina", max_retries=0)
+        for bad in ("\ud800", "ok \udfff tail", "\udc80" * 3):
+            with pytest.raises(InputError, match="not valid Unicode"):
+                r.rank("q", ["fine", bad])
+            with pytest.raises(InputError, match="not valid Unicode"):
+                r.rank(bad, ["fine"])
+        assert srv.requests == []
+        assert [x.index for x in r.rank("q", ["a", "b"])] == [0, 1]  # the client is still usable
+        assert json.loads(srv.requests[0].body) == {"query": "q", "documents": ["a", "b"], "return_documents": False}

@@ -37,6 +37,7 @@ class Request:
     headers: dict[str, str]
     body: bytes
     handler: BaseHTTPRequestHandler
+    stopping: threading.Event = field(default_factory=threading.Event)
 
     def json(self) -> Any:
         return json.loads(self.body)
@@ -60,12 +61,13 @@ class Request:
             return False
 
     def trickle(self, data: bytes, every: float, limit: float = 15.0) -> None:
-        """Send ``data`` one byte every ``every`` seconds (stops when the client goes or after ``limit``)."""
+        """Send ``data`` one byte every ``every`` seconds (stops when the client goes, the server stops, or
+        after ``limit``)."""
         end = time.monotonic() + limit
         for i in range(len(data)):
-            if time.monotonic() > end or not self.write(data[i:i + 1]):
+            if time.monotonic() > end or self.stopping.is_set() or not self.write(data[i:i + 1]):
                 return
-            time.sleep(every)
+            self.stopping.wait(every)
 
 
 Handler = Callable[[Request], "Reply | None"]
@@ -80,6 +82,7 @@ class FakeServer:
     def __init__(self, handler: Handler):
         self.handler = handler
         self.requests: list[Request] = []
+        self.stopping = threading.Event()
         outer = self
 
         class H(BaseHTTPRequestHandler):
@@ -91,7 +94,8 @@ class FakeServer:
             def _do(self) -> None:
                 n = int(self.headers.get("content-length") or 0)
                 body = self.rfile.read(n) if n else b""
-                req = Request(self.command, self.path, {k.lower(): v for k, v in self.headers.items()}, body, self)
+                req = Request(self.command, self.path, {k.lower(): v for k, v in self.headers.items()}, body, self,
+                              outer.stopping)
                 outer.requests.append(req)
                 reply = outer.handler(req)
                 if reply is None:  # the handler wrote (or deliberately did not write) the answer itself
@@ -121,6 +125,7 @@ class FakeServer:
         return self
 
     def stop(self) -> None:
+        self.stopping.set()  # handlers still trickling end now
         self._server.shutdown()
         self._server.server_close()
 

@@ -371,7 +371,8 @@ class HttpClient:
     def _attempt_sync(self, method: str, url: str, body: Any, budget: float | None, state: dict) -> httpx.Response:
         client = self.sync_client()
         start = time.monotonic()
-        with client.stream(method, url, json=body, timeout=self._timeout_for(budget)) as resp:
+        with client.stream(method, url, content=body, headers=_json_headers(body),
+                           timeout=self._timeout_for(budget)) as resp:
             state["response"] = resp
             if resp.is_stream_consumed:  # a transport that answered with a complete response (mock transports)
                 return resp
@@ -420,7 +421,8 @@ class HttpClient:
             raise self._too_long(0.0)
 
         async def run() -> httpx.Response:
-            async with client.stream(method, url, json=body, timeout=self._timeout_for(budget)) as resp:
+            async with client.stream(method, url, content=body, headers=_json_headers(body),
+                                     timeout=self._timeout_for(budget)) as resp:
                 if resp.is_stream_consumed:
                     return resp
                 raw = bytearray()
@@ -477,6 +479,7 @@ class HttpClient:
         """One call (sync): the successful (2xx) response with its body read, or a redacted
         :class:`RemoteError`. ``retry=False``: one attempt."""
         self.redact.add_url(url)
+        body = encode_json(body)
         until = None if self.deadline is None else time.monotonic() + self.deadline
         attempts = self.max_retries + 1 if retry else 1
         for attempt in range(attempts):
@@ -490,12 +493,13 @@ class HttpClient:
             delay = self._decide(url, attempt, attempts, resp, exc, until)
             if delay is None:
                 return resp  # type: ignore[return-value]
-            time.sleep(delay)
+            _sleep(delay)
         raise AssertionError("unreachable")
 
     async def asend(self, method: str, url: str, body: Any = None, *, retry: bool = True) -> httpx.Response:
         """One call (async, on the running event loop): as :meth:`send`."""
         self.redact.add_url(url)
+        body = encode_json(body)
         until = None if self.deadline is None else time.monotonic() + self.deadline
         attempts = self.max_retries + 1 if retry else 1
         for attempt in range(attempts):
@@ -509,7 +513,7 @@ class HttpClient:
             delay = self._decide(url, attempt, attempts, resp, exc, until)
             if delay is None:
                 return resp  # type: ignore[return-value]
-            await asyncio.sleep(delay)
+            await _asleep(delay)
         raise AssertionError("unreachable")
 
     def post_json(self, url: str, body: Any) -> Any:
@@ -540,6 +544,37 @@ class HttpClient:
             return resp.json()
         except (RemoteError, ValueError):
             return None
+
+
+def _sleep(seconds: float) -> None:
+    """The wait between two attempts (a module function, so tests can replace it without patching
+    ``time.sleep`` for every thread of the process)."""
+    time.sleep(seconds)
+
+
+async def _asleep(seconds: float) -> None:
+    """The async wait between two attempts."""
+    await asyncio.sleep(seconds)
+
+
+def encode_json(body: Any) -> bytes | None:
+    """The UTF-8 JSON of a request body (``None``: no body). Text that is not valid Unicode (a lone
+    surrogate, e.g. from a ``"\\ud800"`` JSON escape) or a non-finite number is an :class:`InputError` here,
+    not an encoding crash inside the HTTP library."""
+    if body is None:
+        return None
+    try:
+        return json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode("utf-8")
+    except UnicodeEncodeError as exc:
+        bad = exc.object[exc.start:exc.end] if isinstance(exc.object, str) else "?"
+        raise InputError(f"the request holds text that is not valid Unicode ({bad!r} at character {exc.start} "
+                         "of a string); fix or drop that text") from None
+    except ValueError as exc:
+        raise InputError(f"the request cannot be sent as JSON: {exc}") from None
+
+
+def _json_headers(content: bytes | None) -> dict[str, str]:
+    return {"Content-Type": "application/json"} if content is not None else {}
 
 
 def _positive(name: str, value: Any) -> float:
