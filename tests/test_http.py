@@ -239,12 +239,17 @@ def test_text_that_is_not_unicode_is_a_clear_input_error_before_anything_is_sent
     from mmrank.errors import InputError
 
     with serve(rerank_answer) as srv:
-        r = RemoteReranker(srv.url + "/v1/rerank", dialect="jina", max_retries=0)
+        client = HttpClient(max_retries=0)
         for bad in ("\ud800", "ok \udfff tail", "\udc80" * 3):
             with pytest.raises(InputError, match="not valid Unicode"):
-                r.rank("q", ["fine", bad])
+                client.send("POST", srv.url + "/v1/rerank", {"query": "q", "documents": ["fine", bad]})
             with pytest.raises(InputError, match="not valid Unicode"):
-                r.rank(bad, ["fine"])
+                asyncio.run(client.asend("POST", srv.url + "/v1/rerank", {"model": bad, "documents": ["a"]}))
+        with pytest.raises(InputError, match="JSON"):
+            client.send("POST", srv.url + "/v1/rerank", {"score": float("nan")})
         assert srv.requests == []
-        assert [x.index for x in r.rank("q", ["a", "b"])] == [0, 1]  # the client is still usable
+        # Through the scorer such a document is that document's error; the others are ranked.
+        r = RemoteReranker(srv.url + "/v1/rerank", dialect="jina", max_retries=0)
+        ranked = r.rank("q", ["a", "bad \ud800 text", "b"])
+        assert [x.index for x in ranked] == [0, 2, 1] and ranked[-1].score is None
         assert json.loads(srv.requests[0].body) == {"query": "q", "documents": ["a", "b"], "return_documents": False}
