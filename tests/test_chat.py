@@ -172,6 +172,15 @@ def test_recorded_vllm_and_openai_logprob_shapes():
                                           "total_tokens": 1135}
 
 
+def test_no_prefill_reads_merged_opener_tokens_and_ignores_what_follows_them():
+    # The model's first token is "[B" (opener and identifier merged); position 2 follows "[B", not "[".
+    answer = completion("[B] >", [top([("[B", -0.2), ("[C", -1.5), ("[A", -2.5)]),
+                                  top([("A", -0.01), ("C", -6.0)])])
+    with serve(lambda req: Reply(json=answer)) as srv:
+        r = ChatReranker(srv.url, "m", mode="single_pass", prefill="none", window_size=3, step=3, max_retries=0)
+        assert [x.index for x in r.rank("q", ["x", "y", "z"])] == [1, 2, 0]
+
+
 def test_identifiers_outside_the_reported_top_logprobs_keep_their_order_and_are_counted():
     answer = completion("B", [top([("B", -0.1), ("D", -0.9)])])
     with serve(lambda req: Reply(json=answer)) as srv:

@@ -606,9 +606,12 @@ class ChatReranker(Reranker):
                     f"opener '['; without a pre-filled assistant turn (prefill='none') single-pass ranking "
                     f"needs the answer to start with '['. Use a server that continues a final message (vLLM, "
                     f"SGLang: prefill='continue') or mode='generate'.")
+        # The next position's alternatives follow "[" only when the model's first token was "[" itself (or
+        # when "[" was pre-filled); after a merged first token such as "[B" they are about something else.
+        use_after = first is None or opener_lp is not None
         for i, x in enumerate(ids):
             best = -math.inf
-            if x in after_opener:
+            if use_after and x in after_opener:
                 best = after_opener[x] + (opener_lp or 0.0)
             if first is not None and ("[" + x) in merged:
                 best = max(best, merged["[" + x])
