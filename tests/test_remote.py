@@ -270,7 +270,7 @@ async def test_async_uses_async_client_with_bounded_concurrency():
 # ------------------------------------------------------------------------------------------- retries
 def test_retries_on_5xx_429_and_connection_errors_honouring_retry_after(monkeypatch):
     slept: list[float] = []
-    monkeypatch.setattr("mmrank.scorers.remote.time.sleep", slept.append)
+    monkeypatch.setattr("mmrank.scorers.http._sleep", slept.append)
     h = Recorder(httpx.Response(503, json={"detail": "busy"}),
                  httpx.Response(429, headers={"Retry-After": "2"}, json={"detail": "slow down"}),
                  httpx.ConnectError("connection refused"),
@@ -285,7 +285,7 @@ def test_retries_on_5xx_429_and_connection_errors_honouring_retry_after(monkeypa
 
 def test_gives_up_after_max_retries_and_on_long_retry_after(monkeypatch):
     slept: list[float] = []
-    monkeypatch.setattr("mmrank.scorers.remote.time.sleep", slept.append)
+    monkeypatch.setattr("mmrank.scorers.http._sleep", slept.append)
     h = Recorder(httpx.ConnectError("connection refused"))
     r = RemoteReranker("http://user:pw@127.0.0.1:9000", dialect="jina", max_retries=2,
                        transport=httpx.MockTransport(h))
@@ -306,7 +306,7 @@ async def test_async_retries(monkeypatch):
     async def fake_sleep(s):
         slept.append(s)
 
-    monkeypatch.setattr("mmrank.scorers.remote.asyncio.sleep", fake_sleep)
+    monkeypatch.setattr("mmrank.scorers.http._asleep", fake_sleep)
     h = Recorder(httpx.Response(502, text="bad gateway"), echo_scores)
 
     async def handler(request):
@@ -389,7 +389,7 @@ def test_api_key_never_in_repr_errors_or_logs(monkeypatch, caplog):
     monkeypatch.setenv("MMRANK_API_KEY", SECRET)
     monkeypatch.setenv("JINA_API_KEY", "other-key")
     caplog.set_level(logging.DEBUG)
-    monkeypatch.setattr("mmrank.scorers.remote.time.sleep", lambda s: None)
+    monkeypatch.setattr("mmrank.scorers.http._sleep", lambda s: None)
     h = Recorder(httpx.Response(500, json={"detail": "boom"}), httpx.Response(403, json={"detail": "forbidden"}))
     r = RemoteReranker("http://127.0.0.1:9000", dialect="jina", transport=httpx.MockTransport(h))
     assert r.has_api_key and SECRET not in repr(r) and "api_key=<set>" in repr(r)

@@ -95,7 +95,7 @@ class MMRankRerank(BaseDocumentCompressor):
     """A document whose image cannot be read: ``"last"`` ranks it last with ``metadata["rerank_error"]``;
     ``"raise"`` raises."""
     url: str | None = None
-    """Server URL for ``mode="remote"``."""
+    """Server URL for ``mode="remote"`` (rerank API) or ``mode="chat"`` (chat-completions server)."""
     mmrank_api_key: SecretStr | None = Field(
         alias="api_key", default_factory=secret_from_env(API_KEY_ENV, default=None)
     )

@@ -31,10 +31,12 @@ _LAZY = {
     "PairwiseReranker": ("scorers.pairwise", "PairwiseReranker"),
     "RemoteReranker": ("scorers.remote", "RemoteReranker"),
     "SpeedOptions": ("scorers.pointwise", "SpeedOptions"),
+    "ChatReranker": ("scorers.chat", "ChatReranker"),
     "load_reranker": ("scorers.factory", "load_reranker"),
 }
 
 if TYPE_CHECKING:  # pragma: no cover - the lazy names' real types, for type checkers and the API reference
+    from .scorers.chat import ChatReranker as ChatReranker
     from .scorers.factory import load_reranker as load_reranker
     from .scorers.listwise import ListwiseReranker as ListwiseReranker
     from .scorers.pairwise import PairwiseReranker as PairwiseReranker

@@ -51,12 +51,15 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     from .scorers.factory import MODES
 
     p.add_argument("--mode", default="pointwise", choices=MODES,
-                   help="scorer (default: pointwise, jina-reranker-m0)")
+                   help="scorer (default: pointwise, jina-reranker-m0; chat: listwise or pairwise over an "
+                        "OpenAI-compatible /v1/chat/completions server such as vLLM)")
     p.add_argument("--model", default=os.environ.get("MMRANK_MODEL"),
                    help="model id or local folder (default: the mode's default model; env MMRANK_MODEL)")
     p.add_argument("--batch-size", type=int, default=None)
     add_load_arguments(p.add_argument_group("model loading (local modes)"))
-    p.add_argument("--url", default=None, help="remote mode: rerank API URL")
+    p.add_argument("--url", default=None, help="remote mode: rerank API URL; chat mode: chat server base URL")
+    p.add_argument("--chat-method", default=None, choices=["listwise", "pairwise"],
+                   help="chat mode: listwise (default) or pairwise yes/no")
     g = p.add_argument_group("listwise")
     g.add_argument("--listwise-mode", default=None, choices=["generate", "single_pass"],
                    help="generate the [] > [] ordering (default) or rank from the first token's logits (FIRST)")
@@ -66,10 +69,17 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
 
 def _scorer_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     kw: dict[str, Any] = {}
-    if args.mode == "remote":
+    if args.mode in ("remote", "chat"):
         if args.url:
             kw["url"] = args.url
-        return kw | scorer_kwargs_from_args(args, "remote")
+        if args.mode == "chat":
+            for name, value in (("method", args.chat_method), ("mode", args.listwise_mode),
+                                ("window_size", args.window_size), ("step", args.step)):
+                if value is not None:
+                    kw[name] = value
+        return kw | scorer_kwargs_from_args(args, args.mode)
+    if args.chat_method:
+        raise SystemExit("mmrank: --chat-method applies to --mode chat only")
     kw.update(scorer_kwargs_from_args(args, args.mode))
     if args.batch_size and args.mode != "listwise":
         kw["batch_size"] = args.batch_size

@@ -393,10 +393,10 @@ def scorer_kwargs_from_args(ns: argparse.Namespace, mode: str) -> dict[str, Any]
     cannot use is an :class:`InputError` rather than silently dropped."""
     options = LoadOptions.from_args(ns)
     out: dict[str, Any] = {}
-    if mode == "remote":
+    if mode in ("remote", "chat"):  # the scorers that talk to a server
         if not options.is_default():
             raise InputError("model-loading options (--device, --dtype, --quantization, ...) apply to local modes, "
-                             "not to remote")
+                             f"not to {mode}")
     else:
         out["load"] = options
     mbt, comp = getattr(ns, "max_batch_tokens", None), getattr(ns, "compile", False)

@@ -8,7 +8,7 @@ from ..errors import InputError
 from .base import Reranker
 
 #: The scorer kinds: the one list of modes (the CLI, the server, the adapters and their type hints read it).
-Mode = Literal["pointwise", "listwise", "pairwise", "remote"]
+Mode = Literal["pointwise", "listwise", "pairwise", "remote", "chat"]
 MODES: tuple[Mode, ...] = get_args(Mode)
 #: Modes whose scorers take ``device`` (the local models) and ``batch_size`` (pairs per forward pass; the
 #: listwise scorer batches by window instead); the others talk to a server and take ``url`` and ``api_key``.
@@ -44,11 +44,14 @@ def load_reranker(mode: Mode = "pointwise", /, model: str | None = None, *, devi
     - ``pointwise``: :class:`mmrank.JinaRerankerM0` (default model ``jinaai/jina-reranker-m0``);
     - ``listwise``: :class:`mmrank.ListwiseReranker` over an instruction-tuned VLM;
     - ``pairwise``: :class:`mmrank.PairwiseReranker` (yes/no relevance) over an instruction-tuned VLM;
-    - ``remote``: :class:`mmrank.RemoteReranker` (``model`` is the served model name; pass ``url``).
+    - ``remote``: :class:`mmrank.RemoteReranker` (``model`` is the served model name; pass ``url``);
+    - ``chat``: :class:`mmrank.ChatReranker`, listwise or pairwise over an OpenAI-compatible
+      ``/v1/chat/completions`` server (``model`` is the served model name; pass ``url``; ``method=``
+      ``"listwise"`` / ``"pairwise"``, and the listwise ``mode=`` passes through as for ``listwise``).
 
     The common knobs are checked against the mode here, so a setting that a mode would not use is an error
     rather than silently dropped: ``device`` and the hub ``token`` (local modes), ``batch_size`` (pointwise,
-    pairwise), ``url`` and ``api_key`` (remote). Other ``kwargs`` go to the scorer's constructor. ``mode`` is positional-only, so the
+    pairwise), ``url`` and ``api_key`` (remote, chat). Other ``kwargs`` go to the scorer's constructor. ``mode`` is positional-only, so the
     listwise scorer's own ``mode`` (``"generate"`` / ``"single_pass"``) passes through:
     ``load_reranker("listwise", m, mode="single_pass")``.
     """
@@ -66,6 +69,10 @@ def load_reranker(mode: Mode = "pointwise", /, model: str | None = None, *, devi
         from .pairwise import PairwiseReranker
 
         return PairwiseReranker(model, **kwargs) if model else PairwiseReranker(**kwargs)
+    if mode == "chat":
+        from .chat import ChatReranker
+
+        return ChatReranker(model=model, **kwargs)
     if mode == "remote":
         from .remote import RemoteReranker
 

@@ -19,13 +19,16 @@ infinity  Infinity's ``/rerank``: text only, ``documents: list[str]`` (at most 2
           split at 512 by default), ``return_documents: false``; ``document`` comes back as a plain string. An
           image document or image query raises :class:`~mmrank.errors.UnsupportedInputError`.
 auto      ``api.jina.ai`` → jina; otherwise one ``GET /v1/models`` (then ``/models``) on first use reads
-          ``owned_by`` (``vllm`` → vllm, ``infinity`` → infinity, anything else or no answer → jina).
+          ``owned_by`` (``vllm`` → vllm, ``infinity`` → infinity, anything else or no answer → jina). A base
+          URL (no path) then gets the detected dialect's path (``/rerank`` for Infinity, ``/v1/rerank``
+          otherwise); a path the caller wrote is kept.
 ========  ==================================================================================================
 
 Verified against: ``mmrank serve`` for real (a server process started by the tests, on the same tiny model
 as the local scorer: equal rankings and scores within 1e-5 for text, base64 image and mixed documents);
 Jina, vLLM and Infinity by request/response-shape tests against recorded responses shaped after their
-published APIs (``tests/fixtures/remote_*.json``) — not against the live services, which this project
+published APIs (``tests/fixtures/remote_*.json``) and an Infinity-shaped server on 127.0.0.1 (its paths:
+``/models``, ``/rerank``; ``tests/test_http.py``) — not against the live services, which this project
 cannot reach.
 
 Images: an ``http(s)`` URL is passed through untouched (the client neither downloads nor decodes it; the
@@ -40,11 +43,13 @@ A document the *server* cannot read (a URL it cannot fetch, say) fails the whole
 Long lists are split into several requests (``max_documents_per_request``, ``max_request_bytes``); the
 sub-requests run concurrently (at most ``max_concurrency`` at a time, also in the sync API), and their
 scores are merged and sorted globally — right for pointwise scorers such as jina-reranker-m0, whose score
-of a document does not depend on the other documents. Retries with exponential backoff and full jitter on
-429, 5xx and connection errors / timeouts, honouring ``Retry-After``; any other 4xx raises
-:class:`~mmrank.errors.RemoteError` at once, carrying the server's own message. The API key comes from
-``api_key=``, else ``MMRANK_API_KEY``, else ``JINA_API_KEY``, and is never logged, put in an error or shown
-by ``repr``.
+of a document does not depend on the other documents. The HTTP layer is :class:`mmrank.scorers.http.HttpClient`
+(shared with the chat-completions scorer): retries with exponential backoff and full jitter on 429, 5xx and
+connection errors / timeouts, honouring ``Retry-After``; any other 4xx raises
+:class:`~mmrank.errors.RemoteError` at once, carrying the server's own message; ``timeout`` bounds each
+attempt as a whole (also against a server that trickles its answer) and ``deadline`` each request with its
+retries. The API key comes from ``api_key=``, else ``MMRANK_API_KEY``, else ``JINA_API_KEY``, and is never
+logged, put in an error or shown by ``repr`` — also when a server echoes it back in an error body.
 """
 
 from __future__ import annotations
@@ -52,15 +57,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import email.utils
 import io
 import json
 import logging
 import math
 import os
-import random
 import threading
-import time
 import urllib.parse
 import weakref
 from concurrent.futures import ThreadPoolExecutor
@@ -70,7 +72,7 @@ from typing import Any, Literal
 import httpx
 from PIL import Image
 
-from ..errors import ImageLoadError, InputError, RemoteError, UnsupportedInputError
+from ..errors import ImageLoadError, InputError, UnsupportedInputError
 from ..inputs.documents import Document, Query
 from ..inputs.images import (
     DEFAULT_POLICY,
@@ -81,6 +83,7 @@ from ..inputs.images import (
     resolve_source,
 )
 from .base import DocumentError, OnError, PreparedRanking, Reranker, _id_suffix
+from .http import HttpClient, redact_url, server_message  # noqa: F401 - server_message: public re-export
 
 logger = logging.getLogger("mmrank")
 
@@ -94,9 +97,6 @@ API_KEY_ENV = ("MMRANK_API_KEY", "JINA_API_KEY")
 #: Documents per request when the caller does not say: Infinity caps a request at 2048 documents and
 #: ``mmrank serve`` at 1000 by default; smaller requests also spread over ``max_concurrency``.
 DEFAULT_MAX_DOCUMENTS = 512
-
-_RETRY_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
-
 
 # ---------------------------------------------------------------------------------------------- wire images
 @dataclass(frozen=True)
@@ -155,14 +155,8 @@ def encode_image(source: Any, policy: ImagePolicy = DEFAULT_POLICY) -> WireImage
 
 # ---------------------------------------------------------------------------------------------- helpers
 def _redact(url: str) -> str:
-    """The URL without user:password (never shown in errors or repr)."""
-    parts = urllib.parse.urlsplit(url)
-    if parts.username or parts.password:
-        host = parts.hostname or ""
-        if parts.port:
-            host += f":{parts.port}"
-        parts = parts._replace(netloc=host)
-    return urllib.parse.urlunsplit(parts)
+    """The URL without user:password or key-like query values (never shown in errors or repr)."""
+    return redact_url(url)
 
 
 def _endpoint(url: str, dialect: str) -> str:
@@ -188,54 +182,6 @@ def _server_root(endpoint: str) -> str:
     return urllib.parse.urlunsplit(parts._replace(path=path, query="", fragment=""))
 
 
-def server_message(resp: httpx.Response) -> str:
-    """The human message inside an error response, whatever the server's error shape."""
-    try:
-        body = resp.json()
-    except ValueError:
-        text = resp.text.strip()
-        return text[:500] if text else (resp.reason_phrase or "no message")
-    if isinstance(body, dict):
-        detail = body.get("detail")
-        if isinstance(detail, str):
-            return detail
-        if isinstance(detail, list):  # FastAPI validation errors
-            parts = []
-            for item in detail[:10]:
-                if isinstance(item, dict):
-                    loc = ".".join(str(x) for x in item.get("loc", []) if x != "body")
-                    parts.append(f"{loc}: {item.get('msg')}" if loc else str(item.get("msg")))
-                else:
-                    parts.append(str(item))
-            return "; ".join(parts)
-        err = body.get("error")
-        if isinstance(err, dict) and err.get("message"):
-            return str(err["message"])
-        if isinstance(err, str):
-            return err
-        if body.get("message"):
-            return str(body["message"])
-    return json.dumps(body)[:500]
-
-
-def _retry_after(resp: httpx.Response) -> float | None:
-    value = resp.headers.get("retry-after")
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when is None:
-        return None
-    return max(0.0, when.timestamp() - time.time())
-
-
 # ---------------------------------------------------------------------------------------------- the scorer
 class RemoteReranker(Reranker):
     """Rerank through a remote rerank API (Jina's service, ``mmrank serve``, vLLM or Infinity).
@@ -247,21 +193,31 @@ class RemoteReranker(Reranker):
             for other servers when not given, so they use the model they serve).
         api_key: bearer token; default from ``MMRANK_API_KEY`` then ``JINA_API_KEY``. Never logged.
         dialect: ``"jina"``, ``"vllm"``, ``"infinity"`` or ``"auto"`` (see the module docstring).
-        timeout: seconds per HTTP request (connect, read, write each), or an ``httpx.Timeout``.
+        timeout: seconds one HTTP attempt may take as a whole — connect, send and the whole answer (a
+            server trickling its answer cannot stretch it) — or an ``httpx.Timeout``.
+        deadline: seconds one request may take including its retries and waits (default: no bound beyond
+            ``timeout`` per attempt); a retry that could not finish in time is not started.
         max_retries: retries after the first attempt on 429, 5xx, 408 and connection errors/timeouts.
-        backoff / max_backoff: the n-th retry waits a random time in ``[0, min(max_backoff, backoff·2ⁿ)]``
-            (full jitter), or the server's ``Retry-After`` when it sends one.
+        backoff: the n-th retry waits a random time in ``[0, min(max_backoff, backoff·2ⁿ)]`` (full jitter), or
+            the server's ``Retry-After`` when it sends one.
+        max_backoff: the longest such wait, in seconds.
         max_retry_after: a ``Retry-After`` longer than this (seconds) fails at once instead of sleeping.
-        max_documents_per_request / max_request_bytes: split long lists into several requests.
+        max_documents_per_request: documents per request at most (long lists are split).
+        max_request_bytes: approximate request size at most (long lists are split).
         max_concurrency: sub-requests in flight at once (sync and async).
         headers: extra HTTP headers (e.g. a tenant id). ``Authorization`` is set from ``api_key``.
-        transport / async_transport: custom httpx transports (tests, proxies).
-        on_error / image_policy / image_workers: as for every scorer; the policy governs how local
-            images are read before sending (URLs are not fetched here).
+        transport: a custom sync httpx transport (tests, proxies).
+        async_transport: a custom async httpx transport.
+        verify: TLS verification, as for httpx.
+        on_error: ``"last"`` (unreadable documents ranked last with an error) or ``"raise"``.
+        image_policy: how local images are read before sending (URLs are not fetched here).
+        show_progress: accepted for symmetry with the local scorers.
+        image_workers: threads that read local images.
     """
 
     def __init__(self, url: str | None = None, *, model: str | None = None, api_key: str | None = None,
-                 dialect: Dialect = "auto", timeout: float | httpx.Timeout = 60.0, max_retries: int = 3,
+                 dialect: Dialect = "auto", timeout: float | httpx.Timeout = 60.0, deadline: float | None = None,
+                 max_retries: int = 3,
                  backoff: float = 0.5, max_backoff: float = 20.0, max_retry_after: float = 60.0,
                  max_documents_per_request: int | None = None, max_request_bytes: int = 48 * 1024 * 1024,
                  max_concurrency: int = 4, headers: dict[str, str] | None = None,
@@ -285,6 +241,9 @@ class RemoteReranker(Reranker):
             dialect = "jina"
         self._dialect: str = dialect
         self.url = _endpoint(url, dialect if dialect != "auto" else "jina")
+        # A bare base URL names no path: the endpoint follows the dialect detected on first use (Infinity
+        # serves /rerank, the others /v1/rerank). A path the caller wrote is kept as written.
+        self._url_from_base = urllib.parse.urlsplit(url).path.rstrip("/") == ""
         self.model = model if model is not None else (JINA_MODEL if is_jina_service else None)
         self.model_name = self.model or f"remote:{_redact(self.url)}"
         key = api_key
@@ -294,23 +253,20 @@ class RemoteReranker(Reranker):
             raise InputError("Jina's rerank API needs an API key: pass api_key=... or set MMRANK_API_KEY "
                              "(or JINA_API_KEY); for your own server pass url=...")
         self.__api_key = key
-        self.timeout = timeout if isinstance(timeout, httpx.Timeout) else httpx.Timeout(float(timeout))
-        self.max_retries = int(max_retries)
-        self.backoff = float(backoff)
-        self.max_backoff = float(max_backoff)
-        self.max_retry_after = float(max_retry_after)
         self.max_documents_per_request = max_documents_per_request
         self.max_request_bytes = int(max_request_bytes)
         self.max_concurrency = int(max_concurrency)
-        self._headers = {"Accept": "application/json", "User-Agent": "mmrank-remote/0.1"}
-        self._headers.update(headers or {})
-        if key:
-            self._headers["Authorization"] = f"Bearer {key}"
-        self._transport = transport
-        self._async_transport = async_transport
-        self._verify = verify
-        self._client: httpx.Client | None = None
-        self._aclients: dict[int, tuple[Any, httpx.AsyncClient]] = {}
+        self._http = HttpClient(
+            what="the rerank server", api_key=key, headers=headers, timeout=timeout, deadline=deadline,
+            max_retries=max_retries, backoff=backoff, max_backoff=max_backoff, max_retry_after=max_retry_after,
+            user_agent="mmrank-remote/0.1", transport=transport, async_transport=async_transport, verify=verify,
+            hints={401: " — check the API key (api_key=, MMRANK_API_KEY or JINA_API_KEY)",
+                   403: " — check the API key (api_key=, MMRANK_API_KEY or JINA_API_KEY)",
+                   413: " — the request is too large; lower max_documents_per_request or max_request_bytes",
+                   404: " — check the URL (and the model name)"})
+        self.timeout = self._http.timeout
+        self.deadline = self._http.deadline
+        self.max_retries = self._http.max_retries
         self._lock = threading.Lock()
         self._wire: weakref.WeakKeyDictionary[Any, WireImage] = weakref.WeakKeyDictionary()
         #: ``usage.total_tokens`` summed over the sub-requests of the last call (``None`` if not reported).
@@ -321,10 +277,12 @@ class RemoteReranker(Reranker):
     # ------------------------------------------------------------------ niceties
     @property
     def dialect(self) -> str:
+        """The rerank dialect in use (``"auto"`` until the first call has probed the server)."""
         return self._dialect
 
     @property
     def has_api_key(self) -> bool:
+        """Whether an API key is sent (the key itself is never shown)."""
         return bool(self.__api_key)
 
     def __repr__(self) -> str:
@@ -335,42 +293,13 @@ class RemoteReranker(Reranker):
     __str__ = __repr__
 
     # ------------------------------------------------------------------ clients
-    def _sync_client(self) -> httpx.Client:
-        with self._lock:
-            if self._client is None:
-                self._client = httpx.Client(timeout=self.timeout, headers=self._headers, transport=self._transport,
-                                            verify=self._verify, follow_redirects=False)
-            return self._client
-
-    def _async_client(self) -> httpx.AsyncClient:
-        # An AsyncClient belongs to the event loop that first used it: keep one per running loop.
-        loop = asyncio.get_running_loop()
-        with self._lock:
-            entry = self._aclients.get(id(loop))
-            if entry is not None and entry[0]() is loop:
-                return entry[1]
-            for k, (ref, _) in list(self._aclients.items()):
-                if ref() is None:
-                    del self._aclients[k]
-            client = httpx.AsyncClient(timeout=self.timeout, headers=self._headers, transport=self._async_transport,
-                                       verify=self._verify, follow_redirects=False)
-            self._aclients[id(loop)] = (weakref.ref(loop), client)
-            return client
-
     def close(self) -> None:
-        with self._lock:
-            if self._client is not None:
-                self._client.close()
-                self._client = None
-            self._aclients.clear()  # async clients are closed by aclose() on their own loop
+        """Close the HTTP connections (async clients are closed by :meth:`aclose` on their loop)."""
+        self._http.close()
 
     async def aclose(self) -> None:
-        loop = asyncio.get_running_loop()
-        with self._lock:
-            entry = self._aclients.pop(id(loop), None)
-        if entry is not None:
-            await entry[1].aclose()
-        self.close()
+        """Close this event loop's HTTP client, then the rest (:meth:`close`)."""
+        await self._http.aclose()
 
     # ------------------------------------------------------------------ dialect
     def _models_urls(self) -> list[str]:
@@ -390,21 +319,18 @@ class RemoteReranker(Reranker):
         with self._lock:
             if self._dialect == "auto":
                 self._dialect = dialect
+                if self._url_from_base:
+                    self.url = _endpoint(_server_root(self.url), dialect)
                 logger.debug("mmrank remote: %s speaks the %s dialect", _redact(self.url), dialect)
 
     def _resolve_dialect(self) -> str:
         if self._dialect != "auto":
             return self._dialect
         found = "jina"
-        client = self._sync_client()
         for u in self._models_urls():
-            try:
-                resp = client.get(u)
-            except httpx.HTTPError:
-                break
-            if resp.status_code == 200:
-                with contextlib.suppress(ValueError):
-                    found = self._dialect_from_models(resp.json())
+            body = self._http.probe(u)
+            if body is not None:
+                found = self._dialect_from_models(body)
                 break
         self._set_dialect(found)
         return self._dialect
@@ -413,15 +339,10 @@ class RemoteReranker(Reranker):
         if self._dialect != "auto":
             return self._dialect
         found = "jina"
-        client = self._async_client()
         for u in self._models_urls():
-            try:
-                resp = await client.get(u)
-            except httpx.HTTPError:
-                break
-            if resp.status_code == 200:
-                with contextlib.suppress(ValueError):
-                    found = self._dialect_from_models(resp.json())
+            body = await self._http.aprobe(u)
+            if body is not None:
+                found = self._dialect_from_models(body)
                 break
         self._set_dialect(found)
         return self._dialect
@@ -496,117 +417,43 @@ class RemoteReranker(Reranker):
 
     # ------------------------------------------------------------------ responses
     def _parse(self, resp: httpx.Response, n: int) -> tuple[list[tuple[int, float]], int | None]:
-        try:
-            body = resp.json()
-        except ValueError:
-            raise RemoteError(f"{_redact(self.url)} answered HTTP {resp.status_code} with a body that is not JSON: "
-                              f"{resp.text[:200]!r}", status_code=resp.status_code, body=resp.text[:2000]) from None
+        fail, url, status = self._http.fail, _redact(self.url), resp.status_code
+        body = self._http.decode(self.url, resp)
         results = body.get("results") if isinstance(body, dict) else None
         if results is None and isinstance(body, dict):
             results = body.get("data")  # Infinity before 0.0.60 named the list "data"
         if not isinstance(results, list):
-            raise RemoteError(f"{_redact(self.url)} answered without a 'results' list; is this a rerank endpoint? "
-                              f"(keys: {sorted(body)[:10] if isinstance(body, dict) else type(body).__name__})",
-                              status_code=resp.status_code, body=resp.text[:2000])
+            raise fail(f"{url} answered without a 'results' list; is this a rerank endpoint? "
+                       f"(keys: {sorted(body)[:10] if isinstance(body, dict) else type(body).__name__})",
+                       status_code=status, body=resp.text)
         pairs: list[tuple[int, float]] = []
         seen: set[int] = set()
         for item in results:
             if not isinstance(item, dict):
-                raise RemoteError(f"malformed result {item!r} from {_redact(self.url)}", status_code=resp.status_code)
+                raise fail(f"malformed result {repr(item)[:200]} from {url}", status_code=status)
             idx = item.get("index")
             score = item.get("relevance_score", item.get("score"))
             if not isinstance(idx, int) or isinstance(idx, bool) or not 0 <= idx < n or idx in seen:
-                raise RemoteError(f"{_redact(self.url)} returned an invalid or repeated document index {idx!r} "
-                                  f"for a request of {n} documents", status_code=resp.status_code)
+                raise fail(f"{url} returned an invalid or repeated document index {repr(idx)[:50]} "
+                           f"for a request of {n} documents", status_code=status)
             if not isinstance(score, (int, float)) or isinstance(score, bool) or not math.isfinite(score):
-                raise RemoteError(f"{_redact(self.url)} returned a non-numeric score {score!r} for document {idx}",
-                                  status_code=resp.status_code)
+                raise fail(f"{url} returned a non-numeric score {repr(score)[:50]} for document {idx}",
+                           status_code=status)
             seen.add(idx)
             pairs.append((idx, float(score)))
         if len(seen) != n:
             missing = sorted(set(range(n)) - seen)
-            raise RemoteError(f"{_redact(self.url)} returned {len(seen)} results for {n} documents (missing "
-                              f"{missing[:10]}); the server may cap results (top_n) or drop documents",
-                              status_code=resp.status_code)
+            raise fail(f"{url} returned {len(seen)} results for {n} documents (missing "
+                       f"{missing[:10]}); the server may cap results (top_n) or drop documents", status_code=status)
         usage = body.get("usage") if isinstance(body, dict) else None
         tokens = usage.get("total_tokens") if isinstance(usage, dict) else None
-        return pairs, tokens if isinstance(tokens, int) else None
-
-    def _error(self, resp: httpx.Response) -> RemoteError:
-        msg = server_message(resp)
-        hint = ""
-        if resp.status_code in (401, 403):
-            hint = " — check the API key (api_key=, MMRANK_API_KEY or JINA_API_KEY)"
-        elif resp.status_code == 413:
-            hint = " — the request is too large; lower max_documents_per_request or max_request_bytes"
-        elif resp.status_code == 404:
-            hint = " — check the URL (and the model name)"
-        return RemoteError(f"{_redact(self.url)} answered HTTP {resp.status_code}: {msg}{hint}",
-                           status_code=resp.status_code, body=resp.text[:2000])
-
-    def _wait(self, attempt: int, resp: httpx.Response | None) -> float:
-        """Seconds to sleep before retry ``attempt + 1``: the server's Retry-After, else full jitter."""
-        if resp is not None:
-            after = _retry_after(resp)
-            if after is not None:
-                if after > self.max_retry_after:
-                    raise RemoteError(f"{_redact(self.url)} answered HTTP {resp.status_code} and asks to retry "
-                                      f"after {after:.0f}s, more than max_retry_after={self.max_retry_after:g}s: "
-                                      f"{server_message(resp)}", status_code=resp.status_code)
-                return after
-        return random.uniform(0, min(self.max_backoff, self.backoff * (2 ** attempt)))
-
-    def _give_up(self, resp: httpx.Response | None, exc: Exception | None) -> RemoteError:
-        tries = self.max_retries + 1
-        if resp is not None:
-            err = self._error(resp)
-            return RemoteError(f"{err} (after {tries} attempts)", status_code=err.status_code, body=err.body)
-        return RemoteError(f"could not reach {_redact(self.url)} after {tries} attempts: "
-                           f"{type(exc).__name__}: {exc}")
-
-    def _after_attempt(self, attempt: int, resp: httpx.Response | None, exc: Exception | None,
-                       n: int) -> tuple[Any, float | None]:
-        """``(answer, None)`` when the attempt succeeded, ``(None, delay)`` before a retry; raises when the
-        answer is a non-retryable error or the retries are spent. Shared by the sync and async paths."""
-        if resp is not None and resp.status_code < 300:
-            return self._parse(resp, n), None
-        if resp is not None and resp.status_code not in _RETRY_STATUS:
-            raise self._error(resp)
-        if attempt == self.max_retries:
-            raise self._give_up(resp, exc)
-        delay = self._wait(attempt, resp)
-        logger.info("mmrank remote: %s, retrying in %.2fs (%d/%d)",
-                    f"HTTP {resp.status_code}" if resp is not None else type(exc).__name__, delay,
-                    attempt + 1, self.max_retries)
-        return None, delay
+        return pairs, tokens if isinstance(tokens, int) and not isinstance(tokens, bool) else None
 
     def _post(self, body: dict[str, Any], n: int) -> tuple[list[tuple[int, float]], int | None]:
-        client = self._sync_client()
-        for attempt in range(self.max_retries + 1):
-            resp, exc = None, None
-            try:
-                resp = client.post(self.url, json=body)
-            except httpx.TransportError as e:  # connection refused/reset, timeouts, protocol errors
-                exc = e
-            answer, delay = self._after_attempt(attempt, resp, exc, n)
-            if delay is None:
-                return answer
-            time.sleep(delay)
-        raise AssertionError("unreachable")
+        return self._parse(self._http.send("POST", self.url, body), n)
 
     async def _apost(self, body: dict[str, Any], n: int) -> tuple[list[tuple[int, float]], int | None]:
-        client = self._async_client()
-        for attempt in range(self.max_retries + 1):
-            resp, exc = None, None
-            try:
-                resp = await client.post(self.url, json=body)
-            except httpx.TransportError as e:
-                exc = e
-            answer, delay = self._after_attempt(attempt, resp, exc, n)
-            if delay is None:
-                return answer
-            await asyncio.sleep(delay)
-        raise AssertionError("unreachable")
+        return self._parse(await self._http.asend("POST", self.url, body), n)
 
     # ------------------------------------------------------------------ ranking
     def _requests(self, query: Query, documents: list[Document]) -> list[tuple[int, int, dict[str, Any]]]:

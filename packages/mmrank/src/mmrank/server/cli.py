@@ -22,7 +22,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mmrank serve",
                                 description="Serve a Jina-compatible /v1/rerank API over a local mmrank scorer.")
     g = p.add_argument_group("model")
-    g.add_argument("--mode", default="pointwise", choices=DEVICE_MODES)
+    g.add_argument("--mode", default="pointwise", choices=(*DEVICE_MODES, "chat"),
+                   help="chat: listwise or pairwise over an OpenAI-compatible chat server (--url), e.g. vLLM")
+    g.add_argument("--url", default=None, help="chat mode: the chat server's base URL (http://host:8000/v1)")
+    g.add_argument("--chat-method", default=None, choices=["listwise", "pairwise"],
+                   help="chat mode: listwise (default) or pairwise")
     g.add_argument("--model", default=os.environ.get("MMRANK_MODEL"),
                    help="model id or local folder (default: the mode's default; env MMRANK_MODEL)")
     g.add_argument("--batch-size", type=int, default=None, help="pairs per forward pass")
@@ -78,6 +82,14 @@ def _scorer(args: argparse.Namespace, config) -> Any:
     from ..scorers.factory import load_reranker
 
     kw: dict[str, Any] = {"image_policy": config.image_policy()}
+    if args.mode == "chat":
+        # The chat server's key comes from MMRANK_CHAT_API_KEY (never from --api-key, which guards this server).
+        if args.url:
+            kw["url"] = args.url
+        if args.chat_method:
+            kw["method"] = args.chat_method
+    elif args.url or args.chat_method:
+        raise SystemExit("mmrank serve: --url/--chat-method apply to --mode chat only")
     kw.update(scorer_kwargs_from_args(args, args.mode))
     if args.batch_size:
         kw["batch_size"] = args.batch_size

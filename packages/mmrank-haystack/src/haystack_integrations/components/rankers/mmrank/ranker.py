@@ -92,7 +92,8 @@ class MMRankRanker:
 
         :param model: Model id or local folder. `None` uses the mode's default (`jinaai/jina-reranker-m0` for
             pointwise); for `mode="remote"`, the model name the server is asked for.
-        :param mode: The mmrank scorer: `"pointwise"`, `"listwise"`, `"pairwise"` or `"remote"`.
+        :param mode: The mmrank scorer: `"pointwise"`, `"listwise"`, `"pairwise"`, `"remote"` or `"chat"` (listwise
+            or pairwise over an OpenAI-compatible chat-completions server; `url` is its base URL).
         :param device: The device to load the model on. If `None`, the default device is selected.
         :param token: Hugging Face token for private models.
         :param api_key: API key of the rerank server (`mode="remote"`); read from `MMRANK_API_KEY` by default.

@@ -1,0 +1,866 @@
+"""Listwise and pairwise reranking over an OpenAI-compatible ``POST /v1/chat/completions`` endpoint.
+
+:class:`ChatReranker` runs the **same prompts, windows, parsing and repair** as the local
+:class:`~mmrank.ListwiseReranker` and :class:`~mmrank.PairwiseReranker`, with the model served elsewhere:
+vLLM or SGLang (data/tensor parallel, continuous batching, a LoRA adapter served under its own name), a
+hosted OpenAI-compatible API, or ``transformers serve``. It is also the teacher the training pipeline can
+distil from (:meth:`ChatReranker.rank_many` ranks many lists concurrently).
+
+Messages are built by :mod:`mmrank.scorers.prompts` — the code the local scorers use — and sent as OpenAI
+messages: text turns as strings, turns with images as ``text`` / ``image_url`` parts. A local image (path,
+bytes, PIL image, ``data:``/base64) is read under the :class:`~mmrank.ImagePolicy`, resized to the size the
+model's image processor would give it (``smart_resize`` between ``min_pixels`` and ``max_pixels``, factor
+``image_factor`` — 28 for Qwen2/2.5-VL, 32 for Qwen3-VL) and sent as a lossless PNG ``data:`` URI, so the
+server sees the pixels a local scorer would. An ``http(s)`` image URL is fetched here under the policy and
+sent the same way, unless ``allow_remote_urls=True``, which passes the URL to the server to fetch (the
+policy's scheme and address rules still apply to it, checked from here).
+
+Methods and modes
+=================
+
+=========  ==============  ==========================================================================
+method     mode            what is asked and read
+=========  ==============  ==========================================================================
+listwise   ``generate``    RankGPT / Rank-Nexus: the model writes ``[2] > [1] > [3]`` (greedy,
+                           ``temperature=0``); the answer is parsed and repaired exactly as the local
+                           scorer does (:func:`mmrank.ranking.permutation.parse_permutation`). Works with
+                           every OpenAI-compatible server (verified against ``transformers serve``).
+listwise   ``single_pass`` FIRST: the window is ordered by the log-probabilities of the first identifier
+                           after the opener ``[``. Needs ``logprobs``/``top_logprobs``. With
+                           ``prefill="continue"`` the assistant turn is pre-filled with ``[`` and continued
+                           (vLLM, SGLang: ``continue_final_message: true``, ``add_generation_prompt:
+                           false``) and one token is read; with ``prefill="none"`` (OpenAI's API) the
+                           model writes its answer and ``log P([) + log P(x | [)`` is read from its first
+                           two tokens — the answer must begin with ``[``. ``"auto"`` tries ``continue``
+                           and falls back to ``none`` when the server refuses the fields.
+pairwise   —               Rank-Nexus yes/no: ``score = P(Yes) / (P(Yes) + P(No))`` from the first
+                           answer token's ``top_logprobs``. Needs ``logprobs``.
+=========  ==============  ==========================================================================
+
+What is never done silently: a server that returns no ``logprobs`` (``transformers serve`` does not)
+makes single-pass and pairwise fail at the first call with a :class:`~mmrank.errors.RemoteError` that
+says so and names ``method="listwise", mode="generate"``, which works everywhere; an empty answer, a
+response without ``choices`` or a body that is not JSON is a :class:`~mmrank.errors.RemoteError`. Two
+documented departures from the local scorers, both counted in :attr:`ChatReranker.stats` and logged:
+
+* a generated answer that is not a full permutation is repaired as the local scorer repairs it (missing
+  identifiers appended in their current order); ``strict=True`` makes it an error instead;
+* a server reports only the ``top_logprobs`` most likely tokens (at most 20 on vLLM and OpenAI), so an
+  identifier outside them is ranked after those inside, in its current order; a yes/no answer word
+  outside them is given the smallest reported log-probability (an upper bound). When no identifier or
+  neither answer word is reported, the call fails.
+
+Scores are those of the local scorers: ``(n - rank) / n`` for listwise (ranks, not relevances) and
+``P(yes)`` for pairwise. Windows of one query are sequential (each depends on the previous); requests of
+different queries (:meth:`~ChatReranker.rank_many`, :meth:`~ChatReranker.arank_many`) and the documents
+of a pairwise call run concurrently, at most ``max_concurrency`` requests in flight per scorer. Token
+usage is added up in :attr:`~ChatReranker.usage` (all calls) and :attr:`~ChatReranker.last_usage`.
+
+The HTTP layer is :class:`mmrank.scorers.http.HttpClient` (retries on 429/5xx honouring ``Retry-After``,
+whole-attempt timeouts, an optional overall deadline, secrets redacted everywhere). The API key comes from
+``api_key=``, else ``MMRANK_CHAT_API_KEY``; ``OPENAI_API_KEY`` is used only for ``api.openai.com`` (a key
+meant for OpenAI is never sent to another host).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import contextvars
+import io
+import logging
+import math
+import os
+import re
+import threading
+import urllib.parse
+import weakref
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import httpx
+from PIL import Image
+
+from ..errors import InputError, RemoteError
+from ..inputs.documents import Document, Query
+from ..inputs.images import DEFAULT_POLICY, ImagePolicy, check_url_host, resolve_source
+from ..ranking.permutation import (
+    format_ranking,
+    make_identifiers,
+    parse_permutation,
+    parse_ranking,
+    rank_scores,
+    repair_permutation,
+    rerank_with_windows,
+    sliding_windows,
+)
+from .base import OnError, RankedDocument, Reranker, order_by_score
+from .http import HttpClient, redact_url
+from .prompts import (
+    LISTWISE_PROMPTS,
+    PAIRWISE_PROMPT,
+    PAIRWISE_PROMPTS,
+    Conversation,
+    ListwisePrompt,
+    PairwisePrompt,
+    listwise_conversation,
+    listwise_template,
+    pairwise_conversation,
+)
+
+logger = logging.getLogger("mmrank")
+
+Method = Literal["listwise", "pairwise"]
+Mode = Literal["generate", "single_pass"]
+Prefill = Literal["auto", "continue", "none"]
+METHODS = ("listwise", "pairwise")
+API_KEY_ENV = "MMRANK_CHAT_API_KEY"
+DEFAULT_URL = "http://127.0.0.1:8000/v1"
+#: vLLM's and OpenAI's cap on ``top_logprobs``.
+MAX_TOP_LOGPROBS = 20
+
+_SPECIAL = re.compile(r"<\|(?=[^<>|\s]{1,64}\|>)")
+
+
+def defuse_special_tokens(text: str) -> str:
+    """``<|im_end|>`` → ``< |im_end|>`` for every ``<|name|>`` string (the chat templates of Qwen and most
+    ChatML models): user text must never close a turn or claim an image slot on the server. The local
+    scorers do the same with the tokenizer's own list of special tokens."""
+    return _SPECIAL.sub("< |", text)
+
+
+def chat_endpoint(url: str) -> str:
+    """``http://host:8000`` / ``.../v1`` → ``.../v1/chat/completions``; a full path is kept."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise InputError(f"the chat URL must be an http(s) URL with a host, got {redact_url(url)!r}")
+    path = parts.path.rstrip("/")
+    if path == "":
+        path = "/v1/chat/completions"
+    elif not path.endswith("/chat/completions"):
+        path += "/chat/completions"
+    return urllib.parse.urlunsplit(parts._replace(path=path))
+
+
+@dataclass
+class ChatUsage:
+    """Token usage as the server reports it (``usage`` of each response), added up."""
+
+    requests: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+
+    def add(self, other: ChatUsage | dict[str, Any] | None) -> None:
+        if isinstance(other, ChatUsage):
+            self.requests += other.requests
+            self.prompt_tokens += other.prompt_tokens
+            self.completion_tokens += other.completion_tokens
+            self.total_tokens += other.total_tokens
+            return
+        self.requests += 1
+        if isinstance(other, dict):
+            for k in ("prompt_tokens", "completion_tokens", "total_tokens"):
+                v = other.get(k)
+                if isinstance(v, int) and not isinstance(v, bool) and v >= 0:
+                    setattr(self, k, getattr(self, k) + v)
+
+    def to_dict(self) -> dict[str, int]:
+        return {"requests": self.requests, "prompt_tokens": self.prompt_tokens,
+                "completion_tokens": self.completion_tokens, "total_tokens": self.total_tokens}
+
+
+#: Where rank_many collects the usage of each of its queries (one sink per copied context).
+_USAGE_SINK: contextvars.ContextVar[list[ChatUsage] | None] = contextvars.ContextVar("mmrank_chat_usage",
+                                                                                      default=None)
+
+
+def fit_size(width: int, height: int, factor: int = 28, min_pixels: int = 3136,
+             max_pixels: int = 602112) -> tuple[int, int]:
+    """``(width, height)`` the Qwen-VL image processors resize an image to (their ``smart_resize`` rule: both
+    sides multiples of ``factor``, the area within ``[min_pixels, max_pixels]``, the aspect ratio kept as
+    well as possible). :class:`InputError` for an aspect ratio above 200, which they refuse."""
+    if min(width, height) < 1 or max(width, height) / min(width, height) > 200:
+        raise InputError(f"image of {width}x{height} cannot be processed: its aspect ratio must be below 200")
+    h = round(height / factor) * factor
+    w = round(width / factor) * factor
+    if h * w > max_pixels:
+        beta = math.sqrt(height * width / max_pixels)
+        h = max(factor, math.floor(height / beta / factor) * factor)
+        w = max(factor, math.floor(width / beta / factor) * factor)
+    elif h * w < min_pixels:
+        beta = math.sqrt(min_pixels / (height * width))
+        h = math.ceil(height * beta / factor) * factor
+        w = math.ceil(width * beta / factor) * factor
+    return w, h
+
+
+class ChatReranker(Reranker):
+    """Listwise or pairwise reranking with a VLM served behind ``POST /v1/chat/completions``.
+
+    Args:
+        url: the server's base URL (``http://host:8000`` or ``http://host:8000/v1``) or the full endpoint.
+        model: the served model name — a LoRA adapter served by name works (vLLM ``--lora-modules
+            NAME=PATH``). ``None``: the first model ``GET /v1/models`` lists.
+        method: ``"listwise"`` or ``"pairwise"`` (see the module docstring).
+        mode: listwise only — ``"generate"`` or ``"single_pass"``.
+        api_key: bearer token (default ``MMRANK_CHAT_API_KEY``; ``OPENAI_API_KEY`` for api.openai.com only).
+            Never logged, never in an error or ``repr``.
+        window_size: candidates per listwise window (RankGPT default 20), as for the local scorer.
+        step: how far the window moves towards the front (default 10).
+        identifiers: ``"auto"`` (numbers for generate, letters for single pass), ``"numbers"``,
+            ``"letters"`` or a list of strings.
+        prompt: ``"auto"``, ``"text"``, ``"multimodal"`` or a :class:`ListwisePrompt`.
+        max_passage_words: listwise passages are cut to this many words (``None``: whole).
+        max_new_tokens: generation budget per window (default: the length of a full ranking in characters
+            + 8, an upper bound of its tokens).
+        pairwise_prompt: ``"rank-nexus"``, ``"monoqwen"`` or a :class:`PairwisePrompt`.
+        max_doc_words: pairwise document text is cut to this many words (``None``: whole).
+        max_query_words: pairwise query text is cut to this many words (``None``: whole).
+        min_pixels: smallest image area the model's processor allows (default 56²).
+        max_pixels: largest image area; default the local scorer's (``256·28·28`` listwise,
+            ``768·28·28`` pairwise).
+        image_factor: the processor's size multiple (28 for Qwen2/2.5-VL, 32 for Qwen3-VL).
+        allow_remote_urls: pass ``http(s)`` image URLs to the server instead of fetching them here.
+        prefill: single-pass only — ``"auto"``, ``"continue"`` or ``"none"`` (module docstring).
+        top_logprobs: how many alternatives to ask for (1..20).
+        strict: a generated ranking that is not a full permutation is an error instead of being repaired.
+        extra_body: fields added to every request (e.g. ``{"chat_template_kwargs": {"enable_thinking":
+            False}}`` for Qwen3, ``{"mm_processor_kwargs": {...}}``, ``{"seed": 0}``).
+        timeout: seconds one HTTP attempt may take as a whole (``None``: unbounded).
+        deadline: seconds one request may take including its retries and waits (``None``: no bound).
+        max_retries: retries after the first attempt on 429, 5xx, 408 and connection errors / timeouts.
+        backoff: base of the exponential backoff (full jitter), in seconds.
+        max_backoff: longest wait between two attempts, in seconds.
+        max_retry_after: a ``Retry-After`` longer than this fails at once instead of waiting.
+        max_concurrency: requests in flight at once per scorer (sync and async).
+        headers: extra HTTP headers (credential headers are redacted like the key).
+        transport: a custom sync ``httpx`` transport (tests, proxies).
+        async_transport: a custom async ``httpx`` transport.
+        verify: TLS verification, as for httpx.
+        clean: how user text is made safe for the chat template (default :func:`defuse_special_tokens`).
+        on_error: ``"last"`` (unreadable documents ranked last with an error) or ``"raise"``.
+        image_policy: how local images and URLs are read (:class:`~mmrank.ImagePolicy`).
+        show_progress: accepted for symmetry with the local scorers (requests are not shown).
+        image_workers: threads that read images before the requests.
+    """
+
+    supports_image_query = True
+    supports_image_documents = True
+
+    def __init__(self, url: str = DEFAULT_URL, model: str | None = None, *, method: Method = "listwise",
+                 mode: Mode = "generate", api_key: str | None = None, window_size: int = 20, step: int = 10,
+                 identifiers: str | Sequence[str] = "auto", prompt: str | ListwisePrompt = "auto",
+                 max_passage_words: int | None = 300, max_new_tokens: int | None = None,
+                 pairwise_prompt: str | PairwisePrompt = PAIRWISE_PROMPT, max_doc_words: int | None = 1024,
+                 max_query_words: int | None = 256, min_pixels: int = 3136, max_pixels: int | None = None,
+                 image_factor: int = 28, allow_remote_urls: bool = False, prefill: Prefill = "auto",
+                 top_logprobs: int = MAX_TOP_LOGPROBS, strict: bool = False,
+                 extra_body: dict[str, Any] | None = None, timeout: float | httpx.Timeout = 120.0,
+                 deadline: float | None = None, max_retries: int = 3, backoff: float = 0.5,
+                 max_backoff: float = 20.0, max_retry_after: float = 60.0, max_concurrency: int = 8,
+                 headers: dict[str, str] | None = None, transport: httpx.BaseTransport | None = None,
+                 async_transport: httpx.AsyncBaseTransport | None = None, verify: bool = True,
+                 clean: Callable[[str], str] | None = None, on_error: OnError = "last",
+                 image_policy: ImagePolicy = DEFAULT_POLICY, show_progress: bool = False, image_workers: int = 4):
+        super().__init__(on_error=on_error, image_policy=image_policy, show_progress=show_progress,
+                         image_workers=image_workers)
+        if method not in METHODS:
+            raise InputError(f"method must be one of {METHODS}, got {method!r}")
+        if mode not in ("generate", "single_pass"):
+            raise InputError(f"mode must be 'generate' or 'single_pass', got {mode!r}")
+        if method == "pairwise" and mode != "generate":
+            raise InputError("mode applies to method='listwise' only; pairwise always reads P(yes) from logprobs")
+        if prefill not in ("auto", "continue", "none"):
+            raise InputError(f"prefill must be 'auto', 'continue' or 'none', got {prefill!r}")
+        if isinstance(prompt, str) and prompt not in ("auto", *LISTWISE_PROMPTS):
+            raise InputError(f"prompt must be 'auto', 'text', 'multimodal' or a ListwisePrompt, got {prompt!r}")
+        if isinstance(pairwise_prompt, str):
+            if pairwise_prompt not in PAIRWISE_PROMPTS:
+                raise InputError(f"pairwise_prompt must be one of {sorted(PAIRWISE_PROMPTS)} or a PairwisePrompt, "
+                                 f"got {pairwise_prompt!r}")
+            pairwise_prompt = PAIRWISE_PROMPTS[pairwise_prompt]
+        for name, v in (("max_new_tokens", max_new_tokens), ("max_passage_words", max_passage_words),
+                        ("max_doc_words", max_doc_words), ("max_query_words", max_query_words)):
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+                raise InputError(f"{name} must be an integer >= 1 or None, got {v!r}")
+        if isinstance(top_logprobs, bool) or not isinstance(top_logprobs, int) or not 1 <= top_logprobs <= 20:
+            raise InputError(f"top_logprobs must be an integer in 1..20, got {top_logprobs!r}")
+        if isinstance(max_concurrency, bool) or not isinstance(max_concurrency, int) or max_concurrency < 1:
+            raise InputError(f"max_concurrency must be an integer >= 1, got {max_concurrency!r}")
+        if max_pixels is None:
+            max_pixels = 256 * 28 * 28 if method == "listwise" else 602112
+        if not (isinstance(image_factor, int) and image_factor >= 1 and 1 <= min_pixels <= max_pixels):
+            raise InputError("need image_factor >= 1 and 1 <= min_pixels <= max_pixels")
+        sliding_windows(0, window_size, step)  # validates window_size and step
+        if model is not None and (not isinstance(model, str) or not model.strip()):
+            raise InputError(f"model must be a non-empty string (the served model name), got {model!r}")
+        if extra_body is not None and not isinstance(extra_body, dict):
+            raise InputError("extra_body must be a dict of request fields")
+
+        self.method: Method = method
+        self.mode: Mode = mode
+        self.url = chat_endpoint(url)
+        self.model = model
+        if identifiers == "auto":
+            identifiers = "letters" if mode == "single_pass" else "numbers"
+        self.identifiers = list(identifiers) if not isinstance(identifiers, str) else identifiers
+        self.identifier_list = make_identifiers(self.identifiers, window_size)  # validates the count
+        self.window_size = window_size
+        self.step = step
+        self.prompt = prompt
+        self.max_passage_words = max_passage_words
+        self.max_new_tokens = max_new_tokens
+        self.pairwise_prompt: PairwisePrompt = pairwise_prompt
+        self.answer_words = tuple(pairwise_prompt.answer_words)
+        self.max_doc_words = max_doc_words
+        self.max_query_words = max_query_words
+        self.min_pixels = int(min_pixels)
+        self.max_pixels = int(max_pixels)
+        self.image_factor = int(image_factor)
+        self.allow_remote_urls = bool(allow_remote_urls)
+        self.prefill: Prefill = prefill
+        self.top_logprobs = top_logprobs
+        self.strict = bool(strict)
+        self.extra_body = dict(extra_body or {})
+        self.clean = clean or defuse_special_tokens
+        self.max_concurrency = max_concurrency
+
+        host = (urllib.parse.urlsplit(self.url).hostname or "").lower()
+        key = api_key
+        if key is None:
+            key = os.environ.get(API_KEY_ENV) or None
+        if key is None and host == "api.openai.com":
+            key = os.environ.get("OPENAI_API_KEY") or None
+        self.__api_key = key
+        hint_key = f" — check the API key (api_key= or {API_KEY_ENV})"
+        self._http = HttpClient(
+            what="the chat server", api_key=key, headers=headers, timeout=timeout, deadline=deadline,
+            max_retries=max_retries, backoff=backoff, max_backoff=max_backoff, max_retry_after=max_retry_after,
+            user_agent="mmrank-chat/0.1", transport=transport, async_transport=async_transport, verify=verify,
+            hints={401: hint_key, 403: hint_key,
+                   404: " — check the URL and the model name (a LoRA adapter is served under its own name)"})
+        self.model_name = model or f"chat:{redact_url(self.url)}"
+        self._wire: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
+        self._lock = threading.Lock()
+        self._gate = threading.BoundedSemaphore(max_concurrency)
+        self._agates: dict[int, tuple[Any, asyncio.Semaphore]] = {}
+        #: token usage of every call so far, and of the last ``rank`` / ``rank_many`` call
+        self.usage = ChatUsage()
+        self.last_usage: ChatUsage | None = None
+        #: what needed a documented fallback so far (module docstring): windows repaired, identifiers or
+        #: answer words outside the reported top_logprobs
+        self.stats = {"windows": 0, "repaired_windows": 0, "identifiers_not_reported": 0, "answer_word_bounded": 0}
+        #: raw answers of the last call (generate mode), for inspection
+        self.last_responses: list[str] = []
+        # HTTP calls need no model lock: concurrent callers each run their own requests.
+        self._model_lock = contextlib.nullcontext()  # type: ignore[assignment]
+
+    # ------------------------------------------------------------------ niceties
+    @property
+    def has_api_key(self) -> bool:
+        """Whether an API key is sent (the key itself is never shown)."""
+        return bool(self.__api_key)
+
+    def __repr__(self) -> str:
+        return (f"ChatReranker(url={redact_url(self.url)!r}, model={self.model!r}, method={self.method!r}, "
+                f"mode={self.mode!r}, api_key={'<set>' if self.__api_key else None})")
+
+    __str__ = __repr__
+
+    def close(self) -> None:
+        """Close the HTTP connections (async clients are closed by :meth:`aclose` on their loop)."""
+        self._http.close()
+
+    async def aclose(self) -> None:
+        """Close this event loop's HTTP client, then the rest (:meth:`close`)."""
+        await self._http.aclose()
+
+    # ------------------------------------------------------------------ images
+    def _read_image(self, item: Document | Query) -> None:
+        self._image_url(item)
+
+    def _image_url(self, item: Document | Query) -> str:
+        """The ``image_url`` of an item's image: its URL (``allow_remote_urls``) or a PNG ``data:`` URI of the
+        decoded image resized to the model's budget. Computed once per item."""
+        got = self._wire.get(item)
+        if got is not None:
+            return got
+        url = None
+        if (self.allow_remote_urls and isinstance(item.image, str)
+                and item.image.strip().lower().startswith(("http://", "https://"))):
+            url = resolve_source(item.image, self.image_policy).url  # the policy's scheme rules apply
+            if url is not None:
+                # ... and its address rules: a policy that refuses private addresses does not let the engine
+                # fetch them either (checked from here; the engine may sit on another network).
+                check_url_host(url, self.image_policy)
+        if url is None:
+            img = item.load_image(self.image_policy)
+            w, h = fit_size(img.width, img.height, self.image_factor, self.min_pixels, self.max_pixels)
+            if (w, h) != img.size:
+                img = img.resize((w, h), Image.Resampling.BICUBIC)
+            buf = io.BytesIO()
+            img.save(buf, format="PNG")
+            url = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+        self._wire[item] = url
+        return url
+
+    def _stand_ins(self, query: Query, docs: Sequence[Document]) -> tuple[Query, list[Document], dict[int, str]]:
+        """Copies whose images are 1×1 placeholders mapped to the real ``image_url`` — the prompt code places
+        images without looking at them, and nothing is decoded or fetched twice."""
+        urls: dict[int, str] = {}
+
+        def swap(item: Any, make: Callable[..., Any]) -> Any:
+            if not item.has_image:
+                return item
+            clone = make(Image.new("RGB", (1, 1)))
+            # the clone caches its decoded placeholder, so the prompt code gets this very object back
+            urls[id(clone.load_image(self.image_policy))] = self._image_url(item)
+            return clone
+
+        q = swap(query, lambda im: Query(text=query.text, image=im))
+        ds = [swap(d, lambda im, d=d: Document(text=d.text, image=im, id=d.id)) for d in docs]
+        return q, ds, urls
+
+    # ------------------------------------------------------------------ prompts (the local scorers' code)
+    def window_conversation(self, query: Query | Any, documents: Sequence[Document | Any],
+                            template: ListwisePrompt | None = None) -> tuple[Conversation, list[str]]:
+        """The listwise conversation for one window — built exactly as the local scorer builds it.
+
+        Args:
+            query: the query (anything :meth:`mmrank.Query.coerce` takes).
+            documents: the window's documents in their current order.
+            template: the prompt template (default: the one ``prompt`` picks for these inputs).
+        """
+        query = Query.coerce(query)
+        documents = [Document.coerce(d) for d in documents]
+        return listwise_conversation(query, documents, template or listwise_template(self.prompt, query, documents),
+                                     self.identifiers, max_words=self.max_passage_words, clean=self.clean,
+                                     image_policy=self.image_policy)
+
+    def pair_conversation(self, query: Query | Any, document: Document | Any) -> Conversation:
+        """The pairwise conversation for one (query, document) pair — the local scorer's.
+
+        Args:
+            query: the query.
+            document: the document.
+        """
+        return pairwise_conversation(Query.coerce(query), Document.coerce(document), self.pairwise_prompt,
+                                     max_doc_words=self.max_doc_words, max_query_words=self.max_query_words,
+                                     clean=self.clean, image_policy=self.image_policy)
+
+    def window_messages(self, query: Query | Any, documents: Sequence[Document | Any],
+                        template: ListwisePrompt | None = None) -> tuple[list[dict[str, Any]], list[str]]:
+        """The OpenAI messages for one listwise window, as sent, and the window's identifiers.
+
+        Args:
+            query: the query.
+            documents: the window's documents in their current order.
+            template: the prompt template (default: the one ``prompt`` picks for these inputs).
+        """
+        query = Query.coerce(query)
+        documents = [Document.coerce(d) for d in documents]
+        tp = template or listwise_template(self.prompt, query, documents)
+        q, ds, urls = self._stand_ins(query, documents)
+        conv, ids = self.window_conversation(q, ds, tp)
+        return conv.openai_messages(image_url=lambda im: urls[id(im)]), ids
+
+    def pair_messages(self, query: Query | Any, document: Document | Any) -> list[dict[str, Any]]:
+        """The OpenAI messages for one pairwise pair, as sent.
+
+        Args:
+            query: the query.
+            document: the document.
+        """
+        query, document = Query.coerce(query), Document.coerce(document)
+        q, (d,), urls = self._stand_ins(query, [document])
+        return self.pair_conversation(q, d).openai_messages(image_url=lambda im: urls[id(im)])
+
+    # ------------------------------------------------------------------ requests
+    def _body(self, messages: list[dict[str, Any]], max_tokens: int, *, logprobs: bool = False,
+              prefill: str | None = None) -> dict[str, Any]:
+        body: dict[str, Any] = {}
+        if self.model is not None:
+            body["model"] = self.model
+        if prefill is not None:
+            messages = [*messages, {"role": "assistant", "content": prefill}]
+        body["messages"] = messages
+        body["max_tokens"] = max_tokens
+        body["temperature"] = 0.0
+        if logprobs:
+            body["logprobs"] = True
+            body["top_logprobs"] = self.top_logprobs
+        if prefill is not None:
+            body["continue_final_message"] = True
+            body["add_generation_prompt"] = False
+        for k, v in self.extra_body.items():
+            body.setdefault(k, v)
+        return body
+
+    def _choice(self, resp: httpx.Response, usage: ChatUsage) -> tuple[str | None, list[Any] | None]:
+        """The first choice's message content and logprobs content of a chat-completions answer."""
+        url, fail = redact_url(self.url), self._http.fail
+        body = self._http.decode(self.url, resp)
+        if not isinstance(body, dict):
+            raise fail(f"{url} answered with a JSON {type(body).__name__}, not a chat completion",
+                       status_code=resp.status_code, body=resp.text)
+        reported = body.get("usage") if isinstance(body.get("usage"), dict) else None
+        with self._lock:
+            usage.add(reported)
+            self.usage.add(reported)
+        choices = body.get("choices")
+        if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+            raise fail(f"{url} answered without 'choices'; is this a chat-completions endpoint? (keys: "
+                       f"{sorted(body)[:10]})", status_code=resp.status_code, body=resp.text)
+        choice = choices[0]
+        message = choice.get("message")
+        content = message.get("content") if isinstance(message, dict) else None
+        if content is not None and not isinstance(content, str):
+            raise fail(f"{url} answered with a non-text message content ({type(content).__name__})",
+                       status_code=resp.status_code, body=resp.text)
+        lp = choice.get("logprobs")
+        lp_content = lp.get("content") if isinstance(lp, dict) else None
+        return content, lp_content if isinstance(lp_content, list) and lp_content else None
+
+    def _no_logprobs(self) -> RemoteError:
+        what = "single-pass listwise ranking" if self.method == "listwise" else "pairwise yes/no scoring"
+        return self._http.fail(
+            f"{redact_url(self.url)} (model {self.model!r}) returned no logprobs, which {what} needs — this "
+            f"server cannot score that way (vLLM, SGLang and OpenAI return logprobs; transformers serve does "
+            f"not). Use method='listwise', mode='generate', which needs only the generated text.")
+
+    def _send(self, body: dict[str, Any]) -> httpx.Response:
+        with self._gate:
+            return self._http.send("POST", self.url, body)
+
+    async def _asend(self, body: dict[str, Any]) -> httpx.Response:
+        async with self._agate():
+            return await self._http.asend("POST", self.url, body)
+
+    def _agate(self) -> asyncio.Semaphore:
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            entry = self._agates.get(id(loop))
+            if entry is None or entry[0]() is not loop:
+                entry = (weakref.ref(loop), asyncio.Semaphore(self.max_concurrency))
+                self._agates[id(loop)] = entry
+            return entry[1]
+
+    # The request/answer logic of each step is written once as a generator: it yields a request body and
+    # receives the HTTP response, so the sync and the async paths share every rule.
+    def _window_steps(self, query: Query, docs: list[Document], template: ListwisePrompt, usage: ChatUsage):
+        messages, ids = self.window_messages(query, docs, template)
+        if self.mode == "generate":
+            budget = self.max_new_tokens or len(format_ranking(ids)) + 8
+            resp = yield self._body(messages, budget)
+            text, _ = self._choice(resp, usage)
+            return self._read_ranking(text, ids)
+        prefill = self._prefill_now()
+        if prefill == "continue":
+            try:
+                resp = yield self._body(messages, 1, logprobs=True, prefill="[")
+            except RemoteError as exc:
+                if self.prefill == "auto" and _refuses_prefill(exc):
+                    logger.info("mmrank chat: %s does not continue a pre-filled assistant turn (%s); reading the "
+                                "identifier after the model's own '[' instead", redact_url(self.url), exc)
+                    with self._lock:
+                        self._prefill_found = "none"
+                    return (yield from self._window_steps(query, docs, template, usage))
+                raise
+            _, lp = self._choice(resp, usage)
+            if lp is None:
+                raise self._no_logprobs()
+            scores = self._identifier_scores(ids, _tops(lp[0]), None)
+        else:
+            resp = yield self._body(messages, 2, logprobs=True)
+            _, lp = self._choice(resp, usage)
+            if lp is None:
+                raise self._no_logprobs()
+            scores = self._identifier_scores(ids, _tops(lp[1]) if len(lp) > 1 else {}, lp[0])
+        return sorted(range(len(docs)), key=lambda i: (-scores[i], i))
+
+    _prefill_found: str | None = None
+
+    def _prefill_now(self) -> str:
+        if self.prefill != "auto":
+            return self.prefill
+        return self._prefill_found or "continue"
+
+    def _identifier_scores(self, ids: list[str], after_opener: dict[str, float], first: Any) -> list[float]:
+        """Per identifier: ``log P(x | [)`` (pre-filled) or ``log P([) + log P(x | [)`` / ``log P([x)``
+        read from the model's own first tokens; ``-inf`` for an identifier the server did not report."""
+        scores = [-math.inf] * len(ids)
+        opener_lp = None
+        merged: dict[str, float] = {}
+        if first is not None:
+            token = first.get("token") if isinstance(first, dict) else None
+            if isinstance(token, str) and token.strip() == "[":
+                opener_lp = _number(first.get("logprob"))
+            merged = _tops(first)
+            if opener_lp is None and not any(("[" + x) in merged for x in ids):
+                raise self._http.fail(
+                    f"{redact_url(self.url)}: the model's answer began with {token!r}, not with the identifier "
+                    f"opener '['; without a pre-filled assistant turn (prefill='none') single-pass ranking "
+                    f"needs the answer to start with '['. Use a server that continues a final message (vLLM, "
+                    f"SGLang: prefill='continue') or mode='generate'.")
+        # The next position's alternatives follow "[" only when the model's first token was "[" itself (or
+        # when "[" was pre-filled); after a merged first token such as "[B" they are about something else.
+        use_after = first is None or opener_lp is not None
+        for i, x in enumerate(ids):
+            best = -math.inf
+            if use_after and x in after_opener:
+                best = after_opener[x] + (opener_lp or 0.0)
+            if first is not None and ("[" + x) in merged:
+                best = max(best, merged["[" + x])
+            scores[i] = best
+        missing = sum(1 for s in scores if s == -math.inf)
+        if missing == len(ids):
+            raise self._http.fail(f"{redact_url(self.url)}: none of the window's identifiers {ids} is among the "
+                                  f"top {self.top_logprobs} tokens the server reported; the model does not answer "
+                                  "the ranking prompt (try mode='generate')")
+        if missing:
+            with self._lock:
+                self.stats["identifiers_not_reported"] += missing
+            logger.info("mmrank chat: %d of %d identifiers outside the reported top_logprobs; ranked after the "
+                        "others in their current order", missing, len(ids))
+        return scores
+
+    def _read_ranking(self, text: str | None, ids: list[str]) -> list[int]:
+        if text is None or not text.strip():
+            raise self._http.fail(f"{redact_url(self.url)} returned an empty answer for a window of {len(ids)}; "
+                                  "nothing to rank by (check max_new_tokens and the model)")
+        with self._lock:
+            self.last_responses.append(text)
+            self.stats["windows"] += 1
+        mentioned = [i for i in parse_ranking(text, ids) if 0 <= i < len(ids)]
+        complete = len(set(mentioned)) == len(ids)
+        if not complete:
+            missing = len(ids) - len(set(mentioned))
+            if self.strict:
+                raise self._http.fail(f"{redact_url(self.url)}: the answer {text[:200]!r} is not a ranking of all "
+                                      f"{len(ids)} identifiers ({missing} missing) and strict=True")
+            with self._lock:
+                self.stats["repaired_windows"] += 1
+            logger.warning("mmrank chat: answer %r names %d of %d identifiers; the rest keep their current order "
+                           "(the local scorer's repair)", text[:200], len(ids) - missing, len(ids))
+        return parse_permutation(text, ids)
+
+    def _pair_steps(self, query: Query, doc: Document, usage: ChatUsage):
+        resp = yield self._body(self.pair_messages(query, doc), 1, logprobs=True)
+        _, lp = self._choice(resp, usage)
+        if lp is None:
+            raise self._no_logprobs()
+        return self._yes_probability(lp[0])
+
+    def _yes_probability(self, first: Any) -> float:
+        tops = _tops(first)
+        yes_w, no_w = self.answer_words
+        yes, no = tops.get(yes_w), tops.get(no_w)
+        if yes is None and no is None:
+            raise self._http.fail(f"{redact_url(self.url)}: neither {yes_w!r} nor {no_w!r} is among the top "
+                                  f"{self.top_logprobs} first tokens the server reported "
+                                  f"({sorted(tops)[:10]}); the model does not answer the yes/no prompt")
+        if yes is None or no is None:
+            floor = min(tops.values())
+            yes, no = (floor if yes is None else yes), (floor if no is None else no)
+            with self._lock:
+                self.stats["answer_word_bounded"] += 1
+            logger.info("mmrank chat: one answer word outside the reported top_logprobs; its log-probability is "
+                        "bounded by the smallest reported one")
+        m = max(yes, no)
+        return math.exp(yes - m) / (math.exp(yes - m) + math.exp(no - m))
+
+    # ------------------------------------------------------------------ drivers
+    def _run(self, steps) -> Any:
+        """Drive a step generator with the sync HTTP client."""
+        try:
+            body = next(steps)
+            while True:
+                try:
+                    resp = self._send(body)
+                except RemoteError as exc:
+                    body = steps.throw(exc)
+                else:
+                    body = steps.send(resp)
+        except StopIteration as stop:
+            return stop.value
+
+    async def _arun(self, steps) -> Any:
+        try:
+            body = next(steps)
+            while True:
+                try:
+                    resp = await self._asend(body)
+                except RemoteError as exc:
+                    body = steps.throw(exc)
+                else:
+                    body = steps.send(resp)
+        except StopIteration as stop:
+            return stop.value
+
+    def _ensure_model(self) -> None:
+        if self.model is not None:
+            return
+        parts = urllib.parse.urlsplit(self.url)
+        root = urllib.parse.urlunsplit(parts._replace(path=parts.path[: -len("/chat/completions")], query=""))
+        body = self._http.probe(root + "/models")
+        self._take_model(body)
+
+    async def _aensure_model(self) -> None:
+        if self.model is not None:
+            return
+        parts = urllib.parse.urlsplit(self.url)
+        root = urllib.parse.urlunsplit(parts._replace(path=parts.path[: -len("/chat/completions")], query=""))
+        self._take_model(await self._http.aprobe(root + "/models"))
+
+    def _take_model(self, body: Any) -> None:
+        data = body.get("data") if isinstance(body, dict) else None
+        ids = [m.get("id") for m in data or [] if isinstance(m, dict) and isinstance(m.get("id"), str)]
+        if not ids:
+            raise InputError(f"no model name given and {redact_url(self.url)} lists none under /models; pass "
+                             "model='<served model name>'")
+        with self._lock:
+            if self.model is None:
+                self.model = ids[0]
+                self.model_name = ids[0]
+                logger.info("mmrank chat: using model %r, the first one the server lists", ids[0])
+
+    def _finish(self, usage: ChatUsage) -> None:
+        self.last_usage = usage
+        sink = _USAGE_SINK.get()
+        if sink is not None:
+            sink.append(usage)
+
+    def _rank_documents(self, query: Query, documents: list[Document]) -> list[tuple[int, float]]:
+        self._ensure_model()
+        usage = ChatUsage()
+        self.last_responses = []
+        if self.method == "pairwise":
+            if len(documents) == 1 or self.max_concurrency == 1:
+                scores = [self._run(self._pair_steps(query, d, usage)) for d in documents]
+            else:
+                with ThreadPoolExecutor(max_workers=min(self.max_concurrency, len(documents))) as pool:
+                    scores = list(pool.map(lambda d: self._run(self._pair_steps(query, d, usage)), documents))
+            self._finish(usage)
+            return order_by_score(scores)
+        template = listwise_template(self.prompt, query, documents)
+        order = rerank_with_windows(
+            len(documents), self.window_size, self.step,
+            lambda items: self._run(self._window_steps(query, [documents[i] for i in items], template, usage)))
+        self._finish(usage)
+        return list(zip(order, rank_scores(len(order)), strict=True))
+
+    async def _arank_documents(self, query: Query, documents: list[Document]) -> list[tuple[int, float]]:
+        await self._aensure_model()
+        usage = ChatUsage()
+        self.last_responses = []
+        if self.method == "pairwise":
+            scores = await asyncio.gather(*(self._arun(self._pair_steps(query, d, usage)) for d in documents))
+            self._finish(usage)
+            return order_by_score(list(scores))
+        template = listwise_template(self.prompt, query, documents)
+        # The walk of rerank_with_windows, awaiting each window (windows of one query are sequential).
+        order = list(range(len(documents)))
+        for start, end in sliding_windows(len(documents), self.window_size, self.step):
+            items = order[start:end]
+            if len(items) > 1:
+                local = await self._arun(self._window_steps(query, [documents[i] for i in items], template, usage))
+                local = repair_permutation(local, len(items))
+                order[start:end] = [items[j] for j in local]
+        self._finish(usage)
+        return list(zip(order, rank_scores(len(order)), strict=True))
+
+    # ------------------------------------------------------------------ public API
+    def rank_many(self, requests: Iterable[tuple[Any, Sequence[Any]]], top_n: int | None = None, *,
+                  score_threshold: float | None = None, on_error: OnError | None = None) -> list[list[RankedDocument]]:
+        """Rank many ``(query, documents)`` lists concurrently (at most ``max_concurrency`` requests in flight);
+        one ranking per list, in order. ``last_usage`` is the sum over all lists. The first error raises.
+
+        Args:
+            requests: ``(query, documents)`` pairs.
+            top_n: keep the best ``top_n`` of each ranking (``None``: all).
+            score_threshold: drop scored documents below this score.
+            on_error: per-call override of the scorer's ``on_error``.
+        """
+        items = _pairs(requests)
+        sink: list[ChatUsage] = []
+
+        def one(item: tuple[Any, Sequence[Any]]) -> list[RankedDocument]:
+            _USAGE_SINK.set(sink)
+            return self.rank(item[0], item[1], top_n, score_threshold=score_threshold, on_error=on_error)
+
+        if not items:
+            return []
+        with ThreadPoolExecutor(max_workers=min(self.max_concurrency, len(items))) as pool:
+            futures = [pool.submit(contextvars.copy_context().run, one, it) for it in items]
+            out = [f.result() for f in futures]
+        self.last_usage = _total(sink)
+        return out
+
+    async def arank_many(self, requests: Iterable[tuple[Any, Sequence[Any]]], top_n: int | None = None, *,
+                         score_threshold: float | None = None,
+                         on_error: OnError | None = None) -> list[list[RankedDocument]]:
+        """Async :meth:`rank_many` on the running event loop.
+
+        Args:
+            requests: ``(query, documents)`` pairs.
+            top_n: keep the best ``top_n`` of each ranking (``None``: all).
+            score_threshold: drop scored documents below this score.
+            on_error: per-call override of the scorer's ``on_error``.
+        """
+        items = _pairs(requests)
+        sink: list[ChatUsage] = []
+
+        async def one(item: tuple[Any, Sequence[Any]]) -> list[RankedDocument]:
+            _USAGE_SINK.set(sink)  # each task runs in its own copy of the context
+            return await self.arank(item[0], item[1], top_n, score_threshold=score_threshold, on_error=on_error)
+
+        out = await asyncio.gather(*(one(it) for it in items))
+        self.last_usage = _total(sink)
+        return list(out)
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+def _refuses_prefill(exc: RemoteError) -> bool:
+    """A 400/422 that names the continuation fields (vLLM-style extras unknown to this server)."""
+    text = str(exc).lower()
+    return exc.status_code in (400, 422) and any(
+        k in text for k in ("continue_final_message", "add_generation_prompt", "unexpected field", "extra"))
+
+
+def _number(v: Any) -> float | None:
+    if isinstance(v, (int, float)) and not isinstance(v, bool) and not math.isnan(v):
+        return float(v)
+    return None
+
+
+def _tops(entry: Any) -> dict[str, float]:
+    """``{token: logprob}`` of one position's ``top_logprobs`` (the sampled token included)."""
+    out: dict[str, float] = {}
+    if not isinstance(entry, dict):
+        return out
+    items = entry.get("top_logprobs")
+    for t in [entry, *(items if isinstance(items, list) else [])]:
+        if isinstance(t, dict) and isinstance(t.get("token"), str):
+            lp = _number(t.get("logprob"))
+            if lp is not None:
+                out[t["token"]] = max(lp, out.get(t["token"], -math.inf))
+    return out
+
+
+def _pairs(requests: Iterable[tuple[Any, Sequence[Any]]]) -> list[tuple[Any, Sequence[Any]]]:
+    items = list(requests)
+    for k, it in enumerate(items):
+        if not isinstance(it, (tuple, list)) or len(it) != 2:
+            raise InputError(f"request {k} must be a (query, documents) pair, got {type(it).__name__}")
+    return [(it[0], it[1]) for it in items]
+
+
+def _total(parts: list[ChatUsage]) -> ChatUsage:
+    total = ChatUsage()
+    for p in parts:
+        total.add(p)
+    return total
