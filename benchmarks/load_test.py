@@ -106,7 +106,9 @@ async def run_load(url: str, *, requests: int = 200, concurrency: int = 16, docu
         t0 = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         wall = time.perf_counter() - t0
-        health = (await client.get(url.rstrip("/") + "/health")).json()
+        # the server's counters (model calls, merged requests): /v1/stats, or /health on servers before it
+        stats = await client.get(url.rstrip("/") + "/v1/stats")
+        health = (stats if stats.status_code == 200 else await client.get(url.rstrip("/") + "/health")).json()
     lat = sorted(latencies)
 
     def pct(p: float) -> float:

@@ -65,11 +65,14 @@ def png_b64(img: Image.Image) -> str:
 
 
 # ------------------------------------------------------------------------------------------- basics
-def test_health_models_and_auto_dialect(server, http, remote):
-    health = http.get("/health").json()
-    assert health["status"] == "ok" and health["mode"] == "pointwise"
+def test_health_models_and_auto_dialect(server, http, remote, jina_dir):
+    assert http.get("/health").json() == {"status": "ok"}  # liveness says nothing about the model or machine
+    assert http.get("/ready").json() == {"status": "ready"}
+    assert http.get("/v1/stats").json()["mode"] == "pointwise"
     models = http.get("/v1/models").json()
     assert models["data"][0]["owned_by"] == "mmrank"
+    # a local folder is served under its last path component, never its path
+    assert [m["id"] for m in models["data"]] == [Path(jina_dir).name]
     remote.rank("q", ["a"])
     assert remote.dialect == "jina"  # detected from /v1/models
 
@@ -79,7 +82,8 @@ def test_response_shape_top_n_and_return_documents(http):
     body = {"model": "anything", "query": {"text": "pandas"}, "top_n": 2,
             "documents": ["pandas eat bamboo", {"text": "stock markets"}, {"image": img}, {"text": "cap", "image": img}]}
     out = http.post("/v1/rerank", json=body).json()
-    assert set(out) == {"model", "usage", "results"} and out["usage"]["total_tokens"] > 0
+    assert set(out) == {"id", "model", "usage", "results", "meta"} and out["usage"]["total_tokens"] > 0
+    assert "/" not in out["model"]
     assert len(out["results"]) == 2
     for r in out["results"]:
         assert set(r) == {"index", "relevance_score", "document"}
@@ -164,7 +168,9 @@ def _bad_cases():
     yield "empty-body", b"", 400, "empty request body"
     yield "not-an-object", [1, 2, 3], 422, "must be a JSON object"
     yield "unknown-field", {"query": "q", "documents": [ok], "colour": "red"}, 422, "colour: unknown field"
-    yield "unknown-doc-field", {"query": "q", "documents": [ok, {"url": "x"}]}, 422, "documents[1].url: unknown field"
+    yield "misspelt-doc-field", {"query": "q", "documents": [ok, {"text": "t", "imgae": "x"}]}, 422, "did you mean 'image'"
+    yield "only-unknown-doc-fields", {"query": "q", "documents": [ok, {"url": "x"}]}, 422, "documents[1]: needs 'text' and/or 'image'"
+    yield "wrong-type-compat-field", {"query": "q", "documents": [ok], "rank_fields": "text"}, 422, "rank_fields: Input should be a valid list"
     yield "doc-wrong-type", {"query": "q", "documents": [ok, 5]}, 422, "documents[1]: must be a string or an object"
     yield "empty-doc-object", {"query": "q", "documents": [{}]}, 422, "documents[0]: needs 'text' and/or 'image'"
     yield "missing-query", {"documents": [ok]}, 422, "query: required field is missing"

@@ -108,4 +108,4 @@ def test_serves_the_other_scorers_too(mode):
         assert scores == sorted(scores, reverse=True)
         assert scores == pytest.approx([r.score for r in scorer.rank("pandas", [
             d if isinstance(d, str) else {"image": base64.b64decode(d["image"])} for d in docs])], abs=1e-5)
-        assert client.get("/health").json()["mode"] == mode
+        assert client.get("/v1/stats").json()["mode"] == mode

@@ -29,12 +29,14 @@ import logging
 import math
 import threading
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 
 from .._version import __version__
@@ -44,11 +46,16 @@ from ..inputs.images import _looks_base64
 from ..scorers.base import PreparedRanking, RankedDocument, Ranking, Reranker
 from .batching import ModelWorker, QueueFull
 from .config import ServerConfig
-from .schemas import RerankRequest, describe_validation_error
+from .metrics import MISSING_MESSAGE, Metrics, MetricsMiddleware
+from .schemas import IGNORED_FIELDS, ErrorResponse, RerankRequest, RerankResponse, describe_validation_error
 
 logger = logging.getLogger("mmrank.server")
 
 _PARSE_IN_THREAD = 256 * 1024
+
+RERANK_ROUTES = ("/v1/rerank", "/rerank", "/v2/rerank")
+ROUTES = (*RERANK_ROUTES, "/health", "/ready", "/v1/models", "/v1/stats", "/metrics", "/openapi.json", "/docs",
+          "/redoc")
 
 
 class HTTPError(Exception):
@@ -93,6 +100,25 @@ class RerankService:
         self.prep_pool = ThreadPoolExecutor(max_workers=config.prep_workers, thread_name_prefix="mmrank-images")
         self.started = time.time()
         self.requests = 0
+        self.documents_scored = 0
+        self.cancelled = 0
+        self.served_name = config.served_name(scorer.model_name)
+        self.served_names = [self.served_name, *[n for n in config.served_model_names if n != self.served_name]]
+        self.metrics = Metrics(set(ROUTES), queue_depth=lambda: self.worker.pending,
+                               model_calls=lambda: self.worker.calls, merged=lambda: self.worker.merged_jobs)
+        self._logged_ignored: set[str] = set()
+        self.accepting = False
+
+    def not_ready_reason(self) -> str | None:
+        """Why the server should not get traffic now (``None``: ready)."""
+        if not self.accepting:
+            return "shutting down"
+        thread = getattr(self.worker, "_thread", None)
+        if isinstance(thread, threading.Thread) and not thread.is_alive():
+            return "the model thread is not running"
+        if self.worker.pending >= self.config.max_queue:
+            return "the model queue is full"
+        return None
 
     # ------------------------------------------------------------------ helpers
     def image_source(self, ref: str) -> Any:
@@ -220,15 +246,18 @@ class RerankService:
             return 0
 
     # ------------------------------------------------------------------ the endpoint
-    async def rerank(self, request: Request) -> JSONResponse:
+    async def rerank(self, request: Request, dialect: str = "v1") -> JSONResponse:
         cfg = self.config
         self.check_auth(request)
         raw = await self.read_body(request)
+        self.watch_disconnect(request)
         obj = await asyncio.to_thread(_parse_json, raw) if len(raw) > _PARSE_IN_THREAD else _parse_json(raw)
         if not isinstance(obj, dict):
             raise HTTPError(422, f"the body must be a JSON object with 'query' and 'documents', got "
                                  f"{type(obj).__name__}")
         documents = obj.get("documents")
+        if isinstance(documents, dict) and isinstance(documents.get("content"), list):
+            documents = documents["content"]  # vLLM: one document per content part
         if isinstance(documents, list):
             if not documents:
                 raise HTTPError(422, "documents: the list is empty; send at least one document")
@@ -243,9 +272,10 @@ class RerankService:
         if req.model and cfg.served_model_names and req.model not in cfg.served_model_names:
             raise HTTPError(404, f"model {req.model!r} is not served here; this server serves "
                                  f"{list(cfg.served_model_names)}")
-        return await self.answer(req)
+        self.note_ignored(req)
+        return await self.answer(req, dialect)
 
-    async def answer(self, req: RerankRequest) -> JSONResponse:
+    async def answer(self, req: RerankRequest, dialect: str = "v1") -> JSONResponse:
         """A valid request through the scorer's seam: prepare (image threads), the model step (the model
         thread, merged with other requests where the scorer allows), finish."""
         query, docs, pre_errors = self.build(req)
@@ -257,9 +287,11 @@ class RerankService:
             raise HTTPError(422, f"{call.errors[bad[0]]}{more}; send \"on_error\": \"last\" to rank unreadable "
                                  "documents last instead", document_index=bad[0])
         ranked = self.scorer.finish(call, await self.model_step(call))
-        self.requests += 1
-        return JSONResponse({"model": self.scorer.model_name, "usage": {"total_tokens": tokens},
-                             "results": [self.result(req, r) for r in ranked]})
+        self.count_results(len(call.readable_documents), len(bad))
+        return JSONResponse({"id": f"rerank-{uuid.uuid4().hex}", "model": self.served_name,
+                             "usage": {"total_tokens": tokens}, "results": [self.result(req, r) for r in ranked],
+                             "meta": {"api_version": {"version": "2" if dialect == "v2" else "1"},
+                                      "billed_units": {"search_units": 1}}})
 
     async def model_step(self, call: PreparedRanking) -> Ranking:
         if not call.readable:
@@ -268,6 +300,40 @@ class RerankService:
             return await self.worker.rank(call.query, call.readable_documents)
         except QueueFull as exc:
             raise HTTPError(503, f"server busy: {exc}; retry shortly", _headers={"Retry-After": "1"}) from None
+
+    def count_results(self, scored: int, unreadable: int) -> None:
+        self.requests += 1
+        self.documents_scored += scored
+        self.metrics.documents_scored(scored)
+        self.metrics.document_errors(unreadable)
+
+    def note_ignored(self, req: RerankRequest) -> None:
+        """Log, once per name, the compatibility fields that were accepted and ignored."""
+        names = [f"request field '{n}' ({IGNORED_FIELDS[n]})" for n in req.ignored()]
+        names += [f"document field '{n}'" for d in req.documents for n in d.ignored_fields]
+        for name in dict.fromkeys(names):
+            if name not in self._logged_ignored:
+                self._logged_ignored.add(name)
+                logger.info("mmrank serve: %s accepted and ignored (logged once)", name)
+
+    def watch_disconnect(self, request: Request) -> None:
+        """Once the body is read: if the client disconnects before its answer, cancel the request's work
+        (image reading it awaits, its place in the model queue — the model thread skips cancelled jobs)."""
+        task = asyncio.current_task()
+        if task is None:
+            return
+
+        async def watch() -> None:
+            while True:
+                message = await request.receive()
+                if message["type"] == "http.disconnect":
+                    break
+            request.state.client_gone = True
+            self.cancelled += 1
+            task.cancel()
+
+        watcher = asyncio.create_task(watch())
+        request.state.disconnect_watcher = watcher
 
     @staticmethod
     def result(req: RerankRequest, ranked: RankedDocument) -> dict[str, Any]:
@@ -304,10 +370,16 @@ class RerankService:
                 raise HTTPError(413, f"request body is {size} bytes, over the limit of {limit} bytes "
                                      "(--max-body-bytes)")
         buf = bytearray()
-        async for chunk in request.stream():
-            buf.extend(chunk)
-            if len(buf) > limit:
-                raise HTTPError(413, f"request body exceeds the limit of {limit} bytes (--max-body-bytes)")
+        try:
+            async with asyncio.timeout(self.config.body_timeout):
+                async for chunk in request.stream():
+                    buf.extend(chunk)
+                    if len(buf) > limit:
+                        raise HTTPError(413, f"request body exceeds the limit of {limit} bytes (--max-body-bytes)")
+        except TimeoutError:
+            raise HTTPError(408, f"the request body did not arrive within {self.config.body_timeout:g} s "
+                                 f"({len(buf)} bytes received; --body-timeout)",
+                            _headers={"Connection": "close"}) from None
         return bytes(buf)
 
 
@@ -324,24 +396,46 @@ def _parse_json(raw: bytes) -> Any:
         raise HTTPError(400, "malformed JSON body: nested too deeply") from None
 
 
+RERANK_DOC = """Rerank documents by relevance to a query (Jina dialect; Cohere v1/v2 and vLLM clients work too).
+
+Body: `{model?, query, documents, top_n?, return_documents? (default true), on_error?}`.
+`query`: a string, `{"text"}`, `{"image"}` or vLLM `{"content": [parts]}`. `documents`: a list of strings,
+`{"text"}`, `{"image"}`, `{"text", "image"}` or `{"content": [parts]}` objects, or vLLM's
+`{"content": [parts]}` with one document per part. Images: http(s) URL, `data:` URI or bare base64.
+`on_error`: `raise` (default; 422 naming the unreadable document) or `last` (ranked last with an `error`).
+Fields of other rerank APIs (`max_chunks_per_doc`, `rank_fields`, `max_tokens_per_doc`, `truncation`,
+`priority`, ...) are type-checked and ignored; extra fields of document objects are ignored."""
+
+
 def create_app(scorer: Reranker, config: ServerConfig | None = None, *, mode: str = "pointwise") -> FastAPI:
-    """The ASGI app serving ``scorer`` under ``config`` (defaults: the safe limits of :class:`ServerConfig`)."""
+    """The ASGI app serving ``scorer`` under ``config`` (defaults: the safe limits of :class:`ServerConfig`).
+
+    Public without a key: ``GET /health`` (liveness) and ``GET /ready`` (readiness), which say nothing about
+    the model or the machine. With ``config.api_key`` set every other route needs ``Authorization: Bearer
+    <key>`` — ``/openapi.json`` and ``/metrics`` included — and the browser pages ``/docs`` and ``/redoc`` are
+    off (a browser cannot send the key when it fetches the schema)."""
     config = config or ServerConfig()
     service = RerankService(scorer, config, mode)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         service.worker.start()
+        service.accepting = True
         try:
             yield
         finally:
+            service.accepting = False
             service.worker.stop()
             service.prep_pool.shutdown(wait=False, cancel_futures=True)
 
-    app = FastAPI(title="mmrank serve", version=__version__, lifespan=lifespan,
-                  description="Jina-compatible multimodal rerank API over a local mmrank scorer.")
+    app = FastAPI(title="mmrank serve", version=__version__, lifespan=lifespan, openapi_url=None, docs_url=None,
+                  redoc_url=None,
+                  description="Jina-compatible multimodal rerank API over a local mmrank scorer "
+                              "(Cohere v1/v2 and vLLM rerank clients work too).")
     app.state.service = service
+    service.accepting = True
     service.worker.start()  # also when the app is driven without lifespan events
+    app.add_middleware(MetricsMiddleware, metrics=service.metrics)
 
     @app.exception_handler(HTTPError)
     async def _http_error(request: Request, exc: HTTPError):
@@ -359,28 +453,102 @@ def create_app(scorer: Reranker, config: ServerConfig | None = None, *, mode: st
         logger.exception("mmrank serve: internal error")
         return _error_response(500, f"internal server error ({type(exc).__name__}); see the server log")
 
-    async def rerank(request: Request):
-        return await service.rerank(request)
+    def rerank_route(dialect: str):
+        async def rerank(request: Request):
+            try:
+                return await service.rerank(request, dialect)
+            except asyncio.CancelledError:
+                if not getattr(request.state, "client_gone", False):
+                    raise
+                task = asyncio.current_task()
+                if task is not None:
+                    task.uncancel()
+                logger.info("mmrank serve: client disconnected before its answer; its work was cancelled")
+                return Response(status_code=499)
+            finally:
+                watcher = getattr(request.state, "disconnect_watcher", None)
+                if watcher is not None:
+                    watcher.cancel()
 
-    doc = ("Jina rerank dialect. Body: {model?, query: str | {text} | {image}, documents: [str | {text} | {image} "
-           "| {text, image}], top_n?, return_documents? (default true), on_error? ('raise' default: 422 naming "
-           "the unreadable document; 'last': ranked last with an error field)}. Images: http(s) URL, data: URI "
-           "or bare base64.")
-    app.add_api_route("/v1/rerank", rerank, methods=["POST"], summary="Rerank documents", description=doc)
-    app.add_api_route("/rerank", rerank, methods=["POST"], summary="Rerank documents (alias)", description=doc,
-                      include_in_schema=False)
+        return rerank
 
-    @app.get("/health")
+    responses: dict[int | str, dict[str, Any]] = {
+        200: {"model": RerankResponse, "description": "Documents best first"},
+        **{code: {"model": ErrorResponse, "description": what} for code, what in (
+            (400, "Malformed JSON"), (401, "Missing or wrong API key"), (404, "Model not served here"),
+            (408, "Body not received in time"), (413, "Over a size limit"),
+            (422, "Invalid request or unreadable document"), (503, "Server busy (Retry-After)"))}}
+    body_schema = {"requestBody": {"required": True, "content": {"application/json": {
+        "schema": {"$ref": "#/components/schemas/RerankRequest"}}}}}
+    for path, dialect, op, summary in (("/v1/rerank", "v1", "rerank", "Rerank documents"),
+                                       ("/rerank", "v1", "rerank_alias", "Rerank documents (alias of /v1/rerank)"),
+                                       ("/v2/rerank", "v2", "rerank_v2", "Rerank documents (Cohere v2 / vLLM path)")):
+        app.add_api_route(path, rerank_route(dialect), methods=["POST"], summary=summary, description=RERANK_DOC,
+                          responses=responses, openapi_extra=body_schema, response_model=None, operation_id=op)
+
+    @app.get("/health", summary="Liveness: the process answers", response_model=None)
     async def health():
-        return {"status": "ok", "model": scorer.model_name, "mode": mode, "queue": service.worker.pending,
-                "requests": service.requests, "model_calls": service.worker.calls,
-                "merged_requests": service.worker.merged_jobs}
+        return {"status": "ok"}
 
-    @app.get("/v1/models")
+    @app.get("/ready", summary="Readiness: the model thread is running and has room for requests",
+             response_model=None)
+    async def ready():
+        reason = service.not_ready_reason()
+        if reason:
+            return JSONResponse({"status": "not ready", "reason": reason}, status_code=503,
+                                headers={"Retry-After": "1"})
+        return {"status": "ready"}
+
+    @app.get("/v1/models", summary="The served model", response_model=None)
     async def models(request: Request):
         service.check_auth(request)
-        names = [scorer.model_name, *[n for n in config.served_model_names if n != scorer.model_name]]
         return {"object": "list", "data": [{"id": n, "object": "model", "created": int(service.started),
-                                            "owned_by": "mmrank", "mode": mode} for n in names]}
+                                            "owned_by": "mmrank", "mode": mode} for n in service.served_names]}
 
+    @app.get("/v1/stats", summary="Server counters (JSON)", response_model=None)
+    async def stats(request: Request):
+        service.check_auth(request)
+        return {"model": service.served_name, "mode": mode, "queue": service.worker.pending,
+                "requests": service.requests, "documents_scored": service.documents_scored,
+                "cancelled_requests": service.cancelled, "model_calls": service.worker.calls,
+                "merged_requests": service.worker.merged_jobs, "uptime_s": round(time.time() - service.started, 1)}
+
+    @app.get("/metrics", summary="Prometheus metrics", response_model=None)
+    async def metrics(request: Request):
+        service.check_auth(request)
+        if not service.metrics.enabled:
+            return Response(MISSING_MESSAGE + "\n", status_code=501, media_type="text/plain")
+        data, content_type = service.metrics.render()
+        return Response(data, media_type=content_type)
+
+    @app.get("/openapi.json", include_in_schema=False)
+    async def openapi(request: Request):
+        service.check_auth(request)
+        return JSONResponse(app.openapi())
+
+    if not config.api_key:
+        @app.get("/docs", include_in_schema=False)
+        async def docs():
+            return get_swagger_ui_html(openapi_url="/openapi.json", title="mmrank serve")
+
+        @app.get("/redoc", include_in_schema=False)
+        async def redoc():
+            return get_redoc_html(openapi_url="/openapi.json", title="mmrank serve")
+
+    base_openapi = app.openapi
+
+    def openapi_with_request_schema() -> dict[str, Any]:
+        if app.openapi_schema:
+            return app.openapi_schema
+        schema = base_openapi()
+        request_schema = RerankRequest.model_json_schema(ref_template="#/components/schemas/{model}",
+                                                         mode="validation")
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        components.update(request_schema.pop("$defs", {}))
+        components["RerankRequest"] = request_schema
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi_with_request_schema  # type: ignore[method-assign]
     return app
+

@@ -37,7 +37,9 @@ class ServerConfig:
     api_key: str | None = field(default=None, repr=False)
     """Bearer token required on /v1/* and /rerank when set."""
     served_model_names: tuple[str, ...] = ()
-    """Names a request's ``model`` may use; empty: any name is accepted (the response names the real model)."""
+    """Names of the model: the first is reported in responses and ``/v1/models``; when given, a request's
+    ``model`` must be one of them (404 otherwise). Empty: the name is derived from the model id
+    (:func:`default_served_name`) and any requested name is accepted."""
     max_batch_documents: int = 64
     """Pointwise scorers: documents of concurrent same-query requests merged into one model call, at most."""
     max_queue: int = 256
@@ -46,6 +48,17 @@ class ServerConfig:
     """Threads that read and decode images (off the event loop and off the model thread)."""
     image_workers: int = 4
     """Images of one request read in parallel."""
+    body_timeout: float = 30.0
+    """Seconds a client has to send the whole request body once its headers are in (408 and the connection
+    closed above), so slow-body clients cannot hold connections."""
+    header_timeout: float = 10.0
+    """Seconds a client has, from opening a connection (or from the first byte of a following request), to
+    send the request line and headers; the connection is closed above (``mmrank serve`` only: it is
+    enforced by the HTTP protocol, not by the ASGI app)."""
+
+    def served_name(self, model_name: str) -> str:
+        """The name responses report: the first ``served_model_names``, else :func:`default_served_name`."""
+        return self.served_model_names[0] if self.served_model_names else default_served_name(model_name)
 
     def image_policy(self) -> ImagePolicy:
         schemes = {"http", "https", "data"} | ({"file"} if self.allow_local_files else set())
@@ -66,3 +79,16 @@ class ServerConfig:
         if not self.allow_private_urls:
             out.append("image URLs on loopback/private/link-local addresses")
         return out
+
+
+def default_served_name(model_name: str) -> str:
+    """What a model is called in responses when no ``--served-model-name`` is given: a hub id as it is
+    (``jinaai/jina-reranker-m0``), a local folder by its last path component (``/models/m0/`` → ``m0``) —
+    never a filesystem path."""
+    name = str(model_name).strip()
+    looks_local = (os.path.isabs(name) or name.startswith((".", "~")) or "\\" in name or os.path.exists(name)
+                   or name.count("/") > 1)
+    if looks_local:
+        tail = os.path.basename(os.path.normpath(os.path.expanduser(name.replace("\\", "/"))))
+        return tail or "mmrank-model"
+    return name or "mmrank-model"
