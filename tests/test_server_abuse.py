@@ -1,0 +1,194 @@
+"""``mmrank serve`` under abuse, as a real process on 127.0.0.1 with raw sockets (tiny model): slow-header and
+slow-body clients (a byte at a time) are cut off by their deadlines and cannot starve real requests; a client
+that disconnects while its request is being prepared (a slow image) is not scored (that a cancelled request
+waiting for the model thread is skipped is tested in test_server_batching.py); with an API key only liveness and
+readiness are public. One server (1 s head deadline, 1.5 s body deadline, 6 connections at most, a key);
+each test is bounded to a few seconds."""
+
+from __future__ import annotations
+
+import http.server as http_server
+import json
+import socket
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from mmrank_testkit import sample_image_bytes
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.load_test import ServerProcess  # noqa: E402
+
+KEY = "abuse-test-key-0123"
+AUTH = {"Authorization": f"Bearer {KEY}"}
+SLOW = 6  # slow clients; the server takes SLOW + 1 connections, so the slow ones leave no room for a real one
+
+
+class _SlowImage(http_server.BaseHTTPRequestHandler):
+    requested = threading.Event()
+
+    def do_GET(self):  # noqa: N802
+        _SlowImage.requested.set()
+        time.sleep(2)
+        data = sample_image_bytes(3)
+        try:
+            self.send_response(200)
+            self.send_header("Content-Type", "image/png")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+        except OSError:
+            pass
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture(scope="module")
+def image_server():
+    srv = http_server.ThreadingHTTPServer(("127.0.0.1", 0), _SlowImage)
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{srv.server_address[1]}"
+    srv.shutdown()
+
+
+@pytest.fixture(scope="module")
+def server(jina_dir):
+    args = ["--model", str(jina_dir), "--device", "cpu", "--dtype", "float32", "--header-timeout", "1",
+            "--body-timeout", "1.5", "--limit-concurrency", str(SLOW + 1), "--api-key", KEY, "--no-warmup",
+            "--allow-private-urls"]  # the slow image comes from 127.0.0.1
+    with ServerProcess(args) as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def http(server):
+    with httpx.Client(base_url=server.url, timeout=30, headers=AUTH) as client:
+        yield client
+
+
+def _address(url: str) -> tuple[str, int]:
+    host, port = url.removeprefix("http://").split(":")
+    return host, int(port)
+
+
+class SlowClient(threading.Thread):
+    """Sends ``head`` then ``body`` one byte every ``interval`` s until the server closes the connection
+    (or ``give_up`` s pass); records when it was closed and what the server answered."""
+
+    def __init__(self, url: str, head: bytes, body: bytes, *, interval: float = 0.25, give_up: float = 8.0,
+                 trickle_head: bool):
+        super().__init__(daemon=True)
+        self.sock = socket.create_connection(_address(url), timeout=give_up)
+        self.head, self.body, self.interval, self.give_up = head, body, interval, give_up
+        self.trickle_head = trickle_head
+        self.closed_after: float | None = None
+        self.answer = b""
+
+    def run(self) -> None:
+        t0 = time.monotonic()
+        self.sock.settimeout(self.interval)
+        data = self.head + self.body
+        sent = 0 if self.trickle_head else len(self.head)
+        if not self.trickle_head:
+            self.sock.sendall(self.head)
+        try:
+            while time.monotonic() - t0 < self.give_up:
+                if sent < len(data):
+                    self.sock.send(data[sent:sent + 1])
+                    sent += 1
+                try:
+                    chunk = self.sock.recv(4096)
+                except TimeoutError:
+                    continue
+                if not chunk:
+                    break
+                self.answer += chunk
+        except OSError:
+            pass
+        self.closed_after = time.monotonic() - t0
+        self.sock.close()
+
+
+def _rerank_head(url: str, length: int) -> bytes:
+    host, port = _address(url)
+    return (f"POST /v1/rerank HTTP/1.1\r\nHost: {host}:{port}\r\nAuthorization: Bearer {KEY}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {length}\r\n\r\n").encode()
+
+
+def test_slow_clients_are_cut_off_and_cannot_starve_real_requests(server, http):
+    body = json.dumps({"query": "q", "documents": ["a slow document " * 20]}).encode()
+    head = _rerank_head(server.url, len(body))
+    slow = [SlowClient(server.url, head, body, trickle_head=i % 2 == 0) for i in range(SLOW)]
+    t0 = time.monotonic()
+    for c in slow:
+        c.start()
+    time.sleep(0.3)
+    # with the slow clients connected, uvicorn's connection limit is reached: this is the starvation that
+    # the deadlines must end
+    assert httpx.get(server.url + "/health", timeout=5).status_code == 503
+    served_after = None
+    while time.monotonic() - t0 < 6:
+        try:
+            resp = httpx.post(server.url + "/v1/rerank", json={"query": "q", "documents": ["real"]}, headers=AUTH,
+                              timeout=5)
+        except httpx.HTTPError:
+            resp = None
+        if resp is not None and resp.status_code == 200:
+            served_after = time.monotonic() - t0
+            break
+        time.sleep(0.1)
+    for c in slow:
+        c.join(10)
+    assert served_after is not None and served_after < 3.5, served_after
+    for c in slow:
+        assert c.closed_after is not None and c.closed_after < 3.5, c.closed_after
+    heads = [c for c in slow if c.trickle_head]
+    bodies = [c for c in slow if not c.trickle_head]
+    assert all(c.answer == b"" for c in heads)  # closed without an answer: no request arrived
+    for c in bodies:
+        assert c.answer.startswith(b"HTTP/1.1 408"), c.answer[:200]
+        assert b"--body-timeout" in c.answer
+    assert server.alive()
+    assert http.post("/v1/rerank", json={"query": "q", "documents": ["after"]}).status_code == 200
+
+
+def test_a_client_that_disconnects_while_its_request_is_prepared_is_not_scored(server, http, image_server):
+    assert http.post("/v1/rerank", json={"query": "q", "documents": ["warm"]}).status_code == 200
+    before = http.get("/v1/stats").json()
+    # The request's image takes 2 s to arrive; the client hangs up after 0.5 s.
+    body = json.dumps({"query": "gone", "documents": ["never scored", {"image": image_server + "/slow.png"}]}).encode()
+    sock = socket.create_connection(_address(server.url), timeout=5)
+    sock.sendall(_rerank_head(server.url, len(body)) + body)
+    assert _SlowImage.requested.wait(5), "the server never asked for the image"
+    time.sleep(0.3)
+    sock.close()
+    time.sleep(2.5)  # the image arrives; a request that was still alive would now be scored
+    after = http.get("/v1/stats").json()
+    assert after["cancelled_requests"] == before["cancelled_requests"] + 1
+    assert after["model_calls"] == before["model_calls"] and after["documents_scored"] == before["documents_scored"]
+    assert after["queue"] == 0
+    metrics = http.get("/metrics").text
+    assert 'mmrank_requests_total{route="/v1/rerank",status="499"} 1.0' in metrics
+    # the same request from a client that waits is scored
+    out = http.post("/v1/rerank", json={"query": "q", "documents": ["a", {"image": image_server + "/slow.png"}]})
+    assert out.status_code == 200 and len(out.json()["results"]) == 2
+
+
+def test_only_liveness_and_readiness_are_public(server, jina_dir):
+    with httpx.Client(base_url=server.url, timeout=10) as anon:
+        health = anon.get("/health")
+        assert health.status_code == 200 and health.json() == {"status": "ok"}
+        assert anon.get("/ready").json() == {"status": "ready"}
+        assert str(jina_dir) not in health.text
+        for path in ("/openapi.json", "/metrics", "/v1/stats", "/v1/models"):
+            assert anon.get(path).status_code == 401, path
+        assert anon.get("/docs").status_code == 404
+        spec = anon.get("/openapi.json", headers=AUTH).json()
+        assert "RerankRequest" in spec["components"]["schemas"]
+        models = anon.get("/v1/models", headers=AUTH).json()
+        assert [m["id"] for m in models["data"]] == [Path(jina_dir).name]
