@@ -1,12 +1,14 @@
-"""The ASGI app of ``mmrank serve`` (FastAPI): ``POST /v1/rerank`` (and ``/rerank``), ``GET /health``,
-``GET /v1/models``.
+"""The ASGI app of ``mmrank serve`` (FastAPI): ``POST /v1/rerank`` (and ``/rerank``, ``/v2/rerank``),
+``GET /health`` (liveness), ``/ready`` (readiness), ``/v1/models``, ``/v1/stats``, ``/metrics``, ``/openapi.json``.
 
 Request path, and where each step runs:
 
 1. event loop: bearer-token check; the body is read with a byte cap (Content-Length first, then while
-   streaming); JSON parsing (in a thread for bodies over 256 KiB); a document-count check before any
-   validation; pydantic validation with ``extra="forbid"``; cheap per-document checks (text length,
-   image reference form — no local paths unless allowed).
+   streaming) and a deadline (``body_timeout``); from then on the connection is watched and the request's
+   work is cancelled if the client goes away; JSON parsing (in a thread for bodies over 256 KiB); a
+   document-count check before any validation; pydantic validation (:mod:`mmrank.server.schemas`: unknown
+   top-level fields refused, other APIs' fields type-checked and ignored); cheap per-document checks (text
+   length, image reference form — no local paths unless allowed).
 2. image threads (``prep_workers``): images are fetched/decoded under the strict :class:`ImagePolicy`
    (SSRF guard, byte and pixel caps, timeout) with a running total-pixel budget, then the scorer's own
    per-document checks.
