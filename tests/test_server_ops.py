@@ -270,17 +270,21 @@ def test_bad_content_parts_and_typos_are_422_naming_the_document(client, documen
 
 
 # ------------------------------------------------------------------------------------------- env flags
-def _value_for(action) -> tuple[str, object]:
+def _value_for(action) -> tuple[str, object] | None:
+    """A value for ``action`` as an environment string and as parsed; None for option types this test cannot
+    make up a value for (it still checks their variable is documented)."""
     if action.choices:
         choice = list(action.choices)[-1]
         return str(choice), choice
     if action.nargs == 0:
-        return "yes", True
+        return "yes", action.const
     if action.type is int:
         return "17", 17
     if action.type is float:
         return "2.5", 2.5
-    if action.dest == "served_model_name":
+    if action.type not in (None, str):
+        return None
+    if action.nargs is None and action.__class__.__name__ == "_AppendAction":
         return "a, b", ["a", "b"]
     return "from-env", "from-env"
 
@@ -289,16 +293,18 @@ def test_every_serve_flag_is_readable_from_the_environment():
     parser = build_parser()
     actions = [a for a in parser._actions if env_name(a)]
     assert len(actions) >= 25
-    help_text = parser.format_help()
+    help_text = " ".join(parser.format_help().split())
     environ = {}
     expected = {}
     for action in actions:
-        raw, value = _value_for(action)
         name = env_name(action)
-        assert name == ENV_PREFIX + action.option_strings[-1][2:].upper().replace("-", "_")
-        assert f"[env {name}]" in " ".join(help_text.split()), name
-        environ[name] = raw
-        expected[action.dest] = value
+        long = next(o for o in action.option_strings if o.startswith("--"))
+        assert name == ENV_PREFIX + long[2:].upper().replace("-", "_")
+        assert f"[env {name}]" in help_text, name
+        made_up = _value_for(action)
+        if made_up is not None:
+            environ[name], expected[action.dest] = made_up
+    assert len(expected) >= 25
     args = parse_args([], environ)
     for dest, value in expected.items():
         assert getattr(args, dest) == value, dest
