@@ -181,20 +181,21 @@ def test_metrics_count_requests_documents_errors_and_latency(jina_reranker):
         assert c.post("/v1/rerank", content=b"{", headers={"Content-Type": "application/json"}).status_code == 400
         body = {"query": "q", "on_error": "last", "documents": ["a", {"image": "http://10.0.0.1/x.png"}]}
         assert c.post("/v1/rerank", json=body).status_code == 200
+        assert c.post("/v1/rerank", json={**body, "on_error": "raise"}).status_code == 422
         c.get("/no-such-path-" + "x" * 30)
         resp = c.get("/metrics")
         assert resp.status_code == 200 and resp.headers["content-type"].startswith("text/plain")
         text = resp.text
     assert _sample(text, "mmrank_requests_total", route="/v1/rerank", status="200") == 2
     assert _sample(text, "mmrank_requests_total", route="/v2/rerank", status="200") == 1
-    assert _sample(text, "mmrank_requests_total", route="/v1/rerank", status="422") == 1
+    assert _sample(text, "mmrank_requests_total", route="/v1/rerank", status="422") == 2
     assert _sample(text, "mmrank_requests_total", route="other", status="404") == 1  # no label per unknown path
     assert "no-such-path" not in text
     assert _sample(text, "mmrank_documents_scored_total") == 6
-    assert _sample(text, "mmrank_document_errors_total") == 1
-    assert _sample(text, "mmrank_errors_total", kind="invalid") == 1
+    assert _sample(text, "mmrank_document_errors_total") == 2
+    assert _sample(text, "mmrank_errors_total", kind="invalid") == 2
     assert _sample(text, "mmrank_errors_total", kind="bad_request") == 1
-    assert _sample(text, "mmrank_request_duration_seconds_count", route="/v1/rerank") == 4
+    assert _sample(text, "mmrank_request_duration_seconds_count", route="/v1/rerank") == 5
     assert _sample(text, "mmrank_model_calls_total") >= 3
     assert "mmrank_queue_depth 0.0" in text
 

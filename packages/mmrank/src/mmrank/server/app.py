@@ -284,12 +284,13 @@ class RerankService:
         loop = asyncio.get_running_loop()
         call, tokens = await loop.run_in_executor(self.prep_pool, self.prepare, req, query, docs, pre_errors)
         bad = call.failed
+        self.metrics.document_errors(len(bad))
         if bad and req.on_error == "raise":
             more = f" (and {len(bad) - 1} more unreadable document(s))" if len(bad) > 1 else ""
             raise HTTPError(422, f"{call.errors[bad[0]]}{more}; send \"on_error\": \"last\" to rank unreadable "
                                  "documents last instead", document_index=bad[0])
         ranked = self.scorer.finish(call, await self.model_step(call))
-        self.count_results(len(call.readable_documents), len(bad))
+        self.count_scored(len(call.readable_documents))
         return JSONResponse({"id": f"rerank-{uuid.uuid4().hex}", "model": self.served_name,
                              "usage": {"total_tokens": tokens}, "results": [self.result(req, r) for r in ranked],
                              "meta": {"api_version": {"version": "2" if dialect == "v2" else "1"},
@@ -303,11 +304,10 @@ class RerankService:
         except QueueFull as exc:
             raise HTTPError(503, f"server busy: {exc}; retry shortly", _headers={"Retry-After": "1"}) from None
 
-    def count_results(self, scored: int, unreadable: int) -> None:
+    def count_scored(self, scored: int) -> None:
         self.requests += 1
         self.documents_scored += scored
         self.metrics.documents_scored(scored)
-        self.metrics.document_errors(unreadable)
 
     def note_ignored(self, req: RerankRequest) -> None:
         """Log, once per name, the compatibility fields that were accepted and ignored."""
