@@ -32,7 +32,7 @@ RUN pip install --index-url https://download.pytorch.org/whl/cpu "torch==${TORCH
 
 # The core with the server extra, from this checkout (`pip install "mmrank[serve]"` once it is on PyPI).
 COPY packages/mmrank /tmp/mmrank
-RUN pip install "/tmp/mmrank[serve]" && rm -rf /tmp/mmrank
+RUN pip install "/tmp/mmrank[serve,metrics]" && rm -rf /tmp/mmrank
 
 RUN useradd --create-home --uid 1000 mmrank
 USER mmrank
