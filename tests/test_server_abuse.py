@@ -1,7 +1,7 @@
 """``mmrank serve`` under abuse, as a real process on 127.0.0.1 with raw sockets (tiny model): slow-header and
 slow-body clients (a byte at a time) are cut off by their deadlines and cannot starve real requests; a client
 that disconnects while its request is being prepared (a slow image) is not scored (that a cancelled request
-waiting for the model thread is skipped is tested in test_server_batching.py); with an API key only liveness and
+waiting for the model thread is skipped is tested deterministically in test_server_ops.py); with an API key only liveness and
 readiness are public. One server (1 s head deadline, 1.5 s body deadline, 6 connections at most, a key);
 each test is bounded to a few seconds."""
 

@@ -1,11 +1,14 @@
 """Operations of ``mmrank serve`` in-process (FastAPI TestClient, the real tiny model): the request schema in
 OpenAPI (and that a request valid under it is accepted), Prometheus /metrics, liveness vs readiness, the
 served name, what needs the API key, compatibility fields (accepted, type-checked, logged once), vLLM
-content-part documents, /v2/rerank, and every ``mmrank serve`` flag read from ``MMRANK_SERVE_<FLAG>``."""
+content-part documents, /v2/rerank, every ``mmrank serve`` flag read from ``MMRANK_SERVE_<FLAG>``, and a
+request whose client left while it waited for the model thread never reaching the model."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import json
 import logging
 import random
 
@@ -323,3 +326,69 @@ def test_command_line_wins_and_bad_env_values_name_the_variable(capsys):
         with pytest.raises(SystemExit):
             parse_args([], {name: raw})
         assert f"environment variable {name}={raw!r}" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------- gone clients
+async def _asgi_post(app, body: bytes, gone: asyncio.Event) -> list[dict]:
+    """POST /v1/rerank straight into the ASGI app; the client 'disconnects' when ``gone`` is set."""
+    delivered = False
+
+    async def receive():
+        nonlocal delivered
+        if not delivered:
+            delivered = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        await gone.wait()
+        return {"type": "http.disconnect"}
+
+    sent: list[dict] = []
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+             "path": "/v1/rerank", "raw_path": b"/v1/rerank", "query_string": b"", "root_path": "",
+             "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+             "client": ("127.0.0.1", 50000), "server": ("127.0.0.1", 8080)}
+    await app(scope, receive, send)
+    return sent
+
+
+def test_a_request_whose_client_left_while_it_waited_for_the_model_is_skipped(jina_reranker):
+    """Deterministic: the model thread is held inside request A's model call (by the scorer's own model lock)
+    while B queues behind it and its client disconnects; B must never reach the model."""
+    app = create_app(jina_reranker, ServerConfig())
+    service = app.state.service
+    body_a = json.dumps({"query": "pandas", "documents": ["bamboo", "stocks"]}).encode()
+    body_b = json.dumps({"query": "other query", "documents": ["x", "y", "z"]}).encode()
+
+    async def until(condition, what: str) -> None:
+        for _ in range(1000):
+            if condition():
+                return
+            await asyncio.sleep(0.01)
+        raise AssertionError(f"timed out waiting for {what}")
+
+    async def scenario():
+        calls = service.worker.calls
+        never, gone = asyncio.Event(), asyncio.Event()
+        lock = jina_reranker._model_lock
+        lock.acquire()
+        try:
+            a = asyncio.create_task(_asgi_post(app, body_a, never))
+            await until(lambda: service.worker.calls == calls + 1, "A in the model thread")
+            b = asyncio.create_task(_asgi_post(app, body_b, gone))
+            await until(lambda: service.worker.pending == 2, "B queued behind A")
+            gone.set()
+            b_sent = await asyncio.wait_for(b, 10)
+        finally:
+            lock.release()
+        a_sent = await asyncio.wait_for(a, 60)
+        await until(lambda: service.worker.pending == 0, "the queue to drain")
+        return calls, a_sent, b_sent
+
+    calls, a_sent, b_sent = asyncio.run(scenario())
+    assert a_sent[0]["status"] == 200 and json.loads(a_sent[1]["body"])["results"]
+    assert b_sent[0]["status"] == 499  # recorded for the metrics; the client is gone
+    assert service.worker.calls == calls + 1  # A only: B was skipped
+    assert service.cancelled == 1 and service.documents_scored == 2
