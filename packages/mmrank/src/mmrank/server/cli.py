@@ -115,7 +115,8 @@ def _env_value(parser: argparse.ArgumentParser, action: argparse.Action, name: s
             parser.error(f"environment variable {name}={raw!r}: expected 1/0, true/false, yes/no or on/off")
         on = word in _TRUE
         return on if isinstance(action, argparse._StoreTrueAction) else not on
-    if isinstance(action, argparse._AppendAction):
+    if isinstance(action, argparse._AppendAction) or action.nargs in ("*", "+") or (
+            isinstance(action.nargs, int) and action.nargs >= 1):
         items = [x.strip() for x in raw.split(",") if x.strip()]
         return [_convert(parser, action, name, x) for x in items]
     return _convert(parser, action, name, raw)
