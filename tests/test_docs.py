@@ -130,7 +130,7 @@ def test_dockerfile_serves_mmrank_on_all_interfaces():
     assert inst[0] == ("FROM", "python:3.11-slim")
     runs = " ".join(rest for word, rest in inst if word == "RUN")
     assert "https://download.pytorch.org/whl/cpu" in runs  # the CPU wheel, not PyPI's CUDA build
-    assert "[serve]" in runs
+    assert "[serve,metrics]" in runs  # the server and its Prometheus /metrics
     for word, rest in inst:
         if word == "COPY":
             assert (ROOT / rest.split()[0]).exists(), rest
