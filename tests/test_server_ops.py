@@ -237,6 +237,14 @@ def test_compat_fields_are_ignored_and_logged_once(caplog, jina_reranker):
     logged = [rec.getMessage() for rec in caplog.records if "accepted and ignored" in rec.getMessage()]
     assert any("request field 'rank_fields' (Cohere v1)" in m for m in logged) and any("document field 'title'" in m for m in logged)
     assert len(logged) == len(set(logged)) == 9  # 7 request fields + 2 document fields, each once
+    # the names are the client's to choose: a flood of new ones is not logged (nor remembered) without bound
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="mmrank.server"):
+        for k in range(3):
+            docs = [{"text": "t", **{f"f{k}_{j}": "v" for j in range(60)}}]
+            assert client.post("/v1/rerank", json={"query": "q", "documents": docs}).status_code == 200
+    flood = [rec.getMessage() for rec in caplog.records if "ignored" in rec.getMessage()]
+    assert len(flood) == 100 - 9 + 1 and "no longer logging them" in flood[-1]
 
 
 def test_v2_route_and_vllm_content_parts(client, jina_reranker):

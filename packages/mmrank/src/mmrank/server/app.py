@@ -54,6 +54,7 @@ from .schemas import IGNORED_FIELDS, ErrorResponse, RerankRequest, RerankRespons
 logger = logging.getLogger("mmrank.server")
 
 _PARSE_IN_THREAD = 256 * 1024
+_MAX_LOGGED_NAMES = 100  # distinct ignored field names logged, at most (document field names are the client's)
 
 RERANK_ROUTES = ("/v1/rerank", "/rerank", "/v2/rerank")
 ROUTES = (*RERANK_ROUTES, "/health", "/ready", "/v1/models", "/v1/stats", "/metrics", "/openapi.json", "/docs",
@@ -314,8 +315,13 @@ class RerankService:
         names = [f"request field '{n}' ({IGNORED_FIELDS[n]})" for n in req.ignored()]
         names += [f"document field '{n}'" for d in req.documents for n in d.ignored_fields]
         for name in dict.fromkeys(names):
-            if name not in self._logged_ignored:
-                self._logged_ignored.add(name)
+            if name in self._logged_ignored or len(self._logged_ignored) > _MAX_LOGGED_NAMES:
+                continue
+            self._logged_ignored.add(name)
+            if len(self._logged_ignored) > _MAX_LOGGED_NAMES:  # clients choose these names: bound the log
+                logger.info("mmrank serve: more than %d distinct ignored field names seen; no longer logging them",
+                            _MAX_LOGGED_NAMES)
+            else:
                 logger.info("mmrank serve: %s accepted and ignored (logged once)", name)
 
     def watch_disconnect(self, request: Request) -> None:
