@@ -1,9 +1,9 @@
 """``mmrank serve`` under abuse, as a real process on 127.0.0.1 with raw sockets (tiny model): slow-header and
 slow-body clients (a byte at a time) are cut off by their deadlines and cannot starve real requests; a client
 that disconnects while its request is being prepared (a slow image) is not scored (that a cancelled request
-waiting for the model thread is skipped is tested deterministically in test_server_ops.py); with an API key only liveness and
-readiness are public. One server (1 s head deadline, 1.5 s body deadline, 6 connections at most, a key);
-each test is bounded to a few seconds."""
+waiting for the model thread is skipped is tested deterministically in test_server_ops.py); with an API key
+only liveness and readiness are public. One server (1 s head deadline, 1.5 s body deadline, 7 connections at
+most, a key; the deadline and the key from MMRANK_SERVE_* variables); each test is bounded to a few seconds."""
 
 from __future__ import annotations
 
@@ -59,9 +59,11 @@ def image_server():
 @pytest.fixture(scope="module")
 def server(jina_dir):
     args = ["--model", str(jina_dir), "--device", "cpu", "--dtype", "float32", "--header-timeout", "1",
-            "--body-timeout", "1.5", "--limit-concurrency", str(SLOW + 1), "--api-key", KEY, "--no-warmup",
+            "--limit-concurrency", str(SLOW + 1), "--no-warmup",
             "--allow-private-urls"]  # the slow image comes from 127.0.0.1
-    with ServerProcess(args) as srv:
+    # two settings from the environment, as a container would set them
+    env = {"MMRANK_SERVE_BODY_TIMEOUT": "1.5", "MMRANK_SERVE_API_KEY": KEY}
+    with ServerProcess(args, env=env) as srv:
         yield srv
 
 
