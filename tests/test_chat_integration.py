@@ -43,7 +43,7 @@ def test_mmrank_serve_app_with_a_chat_scorer():
             assert resp.status_code == 200, resp.text
             got = resp.json()["results"]
             assert [r["index"] for r in got] == sorted(range(6), key=lambda i: -relevance(texts[i]))[:4]
-            assert client.get("/health").json()["mode"] == "chat"
+            assert client.get("/v1/stats").json()["mode"] == "chat"  # /health is liveness only
         assert len(eng.bodies) == 6
 
 

@@ -173,7 +173,7 @@ def _config(args: argparse.Namespace):
         allow_private_urls=args.allow_private_urls, allow_local_files=args.allow_local_files,
         local_files_root=args.local_files_root,
         api_key=args.api_key or None,
-        served_model_names=tuple(args.served_model_name), max_batch_documents=args.max_batch_documents,
+        served_model_names=tuple(args.served_model_name or ()), max_batch_documents=args.max_batch_documents,
         max_queue=args.max_queue, prep_workers=max(1, args.prep_workers), body_timeout=args.body_timeout,
         header_timeout=args.header_timeout)
 
