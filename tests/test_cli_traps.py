@@ -224,3 +224,21 @@ def test_latin1_file_ranks_as_text(jina_dir, tmp_path, capsys):
     by_id = {r["id"]: r for r in out["results"]}
     assert by_id[str(path)]["document"]["text"] == "Crème brûlée à la carte"
     assert by_id[str(path)]["relevance_score"] is not None and "error" not in by_id[str(path)]
+
+
+def test_full_size_dummy_says_what_it_costs_and_ticks(capsys):
+    import time
+
+    from mmrank.cli import _loading_notice
+
+    args = argparse.Namespace(mode="pointwise", load_format="dummy", model=None)
+    with _loading_notice(args, quiet=False):
+        time.sleep(2.3)  # stands for the ~40 s build; the notice and the ticker are what is tested
+    err = capsys.readouterr().err
+    assert "about 40 s and ~9 GB of RAM on a CPU" in err and "scores mean nothing" in err
+    assert "building dummy model: 00:02 elapsed" in err
+    for quiet_args in (argparse.Namespace(mode="pointwise", load_format="dummy", model="tiny"),
+                       argparse.Namespace(mode="pointwise", load_format="auto", model=None)):
+        with _loading_notice(quiet_args, quiet=False):
+            pass
+        assert capsys.readouterr().err == ""
