@@ -38,6 +38,7 @@ def test_rerank_run_then_eval_end_to_end(dataset, jina_dir, jina_reranker, tmp_p
                      "--top-k", str(TOP_K), "--model", str(jina_dir), "--device", "cpu", "--tag", "tiny"]) == 0
     err = capsys.readouterr().err
     assert "mmrank rerank-run" in err and "reranked the top 8 of 6 queries (48 documents)" in err
+    assert f"compare with: mmrank eval --qrels {dataset / 'qrels' / 'test.tsv'} --run {first} --run {out}" in err
     got = _trec_lines(out)
     base = load_run(first)
     corpus, queries = load_corpus(dataset), load_queries(dataset)

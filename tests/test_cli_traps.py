@@ -143,7 +143,7 @@ passage = st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist
                   min_size=1, max_size=80).filter(lambda s: any(c.isspace() for c in s.strip()) or not s.strip())
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=80, deadline=None)
 @given(text=passage)
 def test_passages_stay_passages(text):
     if os.path.lexists(text):  # pragma: no cover - a generated passage that names a file here

@@ -217,7 +217,7 @@ def test_randomization_test_exact_small_cases():
         rt([1.0], [1.0, 2.0])
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=30, deadline=None)
 @given(pairs=st.lists(st.tuples(st.sampled_from([0.0, 0.25, 0.5, 1.0]), st.sampled_from([0.0, 0.25, 0.5, 1.0])),
                       min_size=2, max_size=9))
 def test_randomization_test_matches_scipy_permutation_test(pairs):
@@ -285,3 +285,5 @@ def test_compare_side_by_side_with_deltas_and_significance(files, capsys):
     assert data[str(files / "second.json")]["compared_with"] == str(files / "good.json")
     assert main([*argv[:4], "--run", str(files / "good.json")]) == 2
     assert "given twice" in capsys.readouterr().err
+    assert main([*argv[:4], "--significance", "ttest"]) == 2
+    assert "at least one more --run" in capsys.readouterr().err

@@ -438,6 +438,8 @@ def main(argv: list[str] | None = None) -> int:
             raise InputError("the same --run is given twice")
         if args.trials < 1:
             raise InputError("--trials must be >= 1")
+        if args.significance and len(args.run) < 2:
+            raise InputError("--significance compares runs: give the baseline and at least one more --run")
         metrics = parse_metrics(args.metrics)
         qrels = load_qrels(args.qrels)
         results = {}

@@ -326,6 +326,10 @@ def _command(args: argparse.Namespace) -> int:
         print(f"mmrank rerank-run: unreadable, kept after the scored documents: {e}", file=sys.stderr)
     if len(errors) > 20:
         print(f"mmrank rerank-run: ... and {len(errors) - 20} more unreadable documents", file=sys.stderr)
+    qrels = sorted(Path(args.dataset).glob("qrels/*.tsv")) if args.dataset else []
+    if qrels:
+        print(f"mmrank rerank-run: compare with: mmrank eval --qrels {qrels[0]} --run {args.run} --run "
+              f"{args.output}", file=sys.stderr)
     return 0
 
 
