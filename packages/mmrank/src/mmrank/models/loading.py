@@ -65,11 +65,11 @@ def probe_hub(timeout: float | None = None) -> str | None:
         hit = _probe_cache.get(endpoint)
         if hit is not None and time.monotonic() - hit[0] < 60:
             return hit[1]
+    import httpx  # imported here, so its import time does not count against the probe
+
     result: list[str | None] = []
 
     def run() -> None:
-        import httpx
-
         try:
             httpx.head(endpoint, timeout=timeout, follow_redirects=False)
             result.append(None)
@@ -79,7 +79,7 @@ def probe_hub(timeout: float | None = None) -> str | None:
     worker = threading.Thread(target=run, name="mmrank-hub-probe", daemon=True)
     worker.start()
     worker.join(timeout + 0.5)
-    reason = result[0] if result else f"no answer within {timeout:g} s"
+    reason = result[0] if result else f"Timeout: no answer within {timeout:g} s"
     with _probe_lock:
         _probe_cache[endpoint] = (time.monotonic(), reason)
     return reason
