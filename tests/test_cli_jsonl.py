@@ -4,6 +4,7 @@ after the run was killed (no query lost, none twice)."""
 
 from __future__ import annotations
 
+import io
 import json
 import signal
 import subprocess
@@ -61,17 +62,16 @@ def test_mixed_candidates_resolve_relative_images_and_match_the_library(jina_dir
     assert len(got[1]["results"]) == 1  # the line's top_n
 
 
-def test_stdin_to_stdout_with_a_progress_bar_on_stderr(jina_dir):
+def test_stdin_to_stdout_with_a_progress_bar_on_stderr(jina_dir, monkeypatch, capsys):
     rows = [{"id": f"q{i}", "query": f"query {i}", "candidates": [f"passage {j}" for j in range(3)]}
             for i in range(3)]
-    stdin = "".join(json.dumps(r) + "\n" for r in rows)
-    res = subprocess.run([sys.executable, "-m", "mmrank", "rank", "--input", "-", "--model", str(jina_dir),
-                          "--device", "cpu", "--top-n", "2"], input=stdin, capture_output=True, text=True,
-                         timeout=300)
-    assert res.returncode == 0, res.stderr
-    lines = [json.loads(line) for line in res.stdout.splitlines()]
+    stdin = "\ufeff" + "".join(json.dumps(r) + "\n" for r in rows)  # a BOM is dropped
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(stdin.encode("utf-8"))))
+    assert main(["rank", "--input", "-", "--model", str(jina_dir), "--device", "cpu", "--top-n", "2"]) == 0
+    out, err = capsys.readouterr()
+    lines = [json.loads(line) for line in out.splitlines()]
     assert [x["id"] for x in lines] == ["q0", "q1", "q2"] and all(len(x["results"]) == 2 for x in lines)
-    assert "mmrank rank" in res.stderr and "9/9" in res.stderr and "3/3 queries" in res.stderr
+    assert "mmrank rank" in err and "9/9" in err and "3/3 queries" in err
 
 
 def test_one_line_with_1000_candidates(jina_dir, tmp_path):

@@ -232,6 +232,8 @@ def check_device(device: str | None) -> None:
     """Refuse a device this machine does not have, in one line, before any model is loaded."""
     if device is None or device in ("auto", "cpu"):
         return
+    if not _DEVICE_RE.match(device):
+        raise UsageError(f"--device {device!r} is not a device; use auto, cpu, cuda, cuda:N, mps or xpu")
     import torch
 
     if device.startswith("cuda"):
