@@ -169,3 +169,16 @@ def test_parquet_needs_pyarrow_or_reads_it(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)
     with pytest.raises(InputError, match="needs pyarrow"):
         load_corpus(path)
+
+
+def test_ids_a_trec_file_cannot_hold_are_refused_before_any_scoring(dataset, tmp_path, capsys):
+    run = tmp_path / "run.json"
+    run.write_text(json.dumps({"q1": {"pandas t0": 1.0}}))
+    assert cli_main(["rerank-run", "--dataset", str(dataset), "--run", str(run), "-o", str(tmp_path / "o.trec"),
+                     "--model", "nobody/never-loaded", "--quiet"]) == 2
+    assert "holds whitespace" in capsys.readouterr().err
+    from mmrank.rerank_run import write_trec
+
+    with pytest.raises(InputError, match="empty or holds whitespace"):
+        write_trec({"q 1": [("d", 1.0)]}, tmp_path / "x.trec", "t")
+    assert not (tmp_path / "x.trec").exists()

@@ -242,3 +242,21 @@ def test_full_size_dummy_says_what_it_costs_and_ticks(capsys):
         with _loading_notice(quiet_args, quiet=False):
             pass
         assert capsys.readouterr().err == ""
+
+
+def test_undecodable_file_names_and_unwritable_outputs(jina_dir, tmp_path, capsys):
+    import json
+
+    raw = os.path.join(os.fsencode(tmp_path), b"caf\xe9 notes.txt")  # a Latin-1 name on a UTF-8 system
+    with open(raw, "wb") as f:
+        f.write(b"coffee notes")
+    arg = os.fsdecode(raw)  # what argv holds: a lone surrogate for the byte
+    assert main(["rank", "-q", "coffee", "--model", str(jina_dir), "--device", "cpu", "--json", arg]) == 0
+    (result,) = json.loads(capsys.readouterr().out)["results"]
+    assert result["id"] == arg and result["relevance_score"] is not None
+    assert main(["rank", "-q", "coffee", "--model", str(jina_dir), "--device", "cpu", "--quiet", arg]) == 0
+    assert "\\udce9" in capsys.readouterr().out  # the table escapes what it cannot print
+    src = tmp_path / "in.jsonl"
+    src.write_text('{"query": "q", "candidates": ["a"]}\n')
+    assert main(["rank", "-i", str(src), "-o", str(tmp_path / "no" / "such" / "out.jsonl"), "--quiet"]) == 2
+    assert "does not exist" in _one_line_error(capsys.readouterr().err)

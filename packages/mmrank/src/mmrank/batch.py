@@ -239,7 +239,7 @@ def _result_line(req: Request, ranked: list[Any], model: str, with_text: bool) -
     out: dict[str, Any] = {"id": req.id, "model": model, "results": results}
     if req.metadata is not None:
         out["metadata"] = req.metadata
-    return json.dumps(out, ensure_ascii=False) + "\n"
+    return json.dumps(out) + "\n"  # ASCII: a line is valid UTF-8 whatever the texts hold
 
 
 def iter_requests(lines: list[tuple[int, str]], source: str, base: Path | None,
@@ -256,6 +256,8 @@ def run_batch(args: argparse.Namespace) -> int:
 
     lines, source, base, ids, counts = load_requests(args.input)
     out_path = Path(args.output) if args.output not in (None, "-") else None
+    if out_path is not None and not out_path.resolve().parent.is_dir():
+        raise InputError(f"--output {args.output}: folder {out_path.resolve().parent} does not exist")
     skip = done_ids(out_path) if out_path is not None else set()
     pending = [i for i in ids if i not in skip]
     if skip:

@@ -322,7 +322,7 @@ def cmd_rank(args: argparse.Namespace) -> int:
         out = {"model": reranker.model_name,
                "results": [{**r.to_dict(include_document=args.return_documents), "id": r.document.id}
                            for r in ranked]}
-        json.dump(out, sys.stdout, indent=2, ensure_ascii=False)
+        json.dump(out, sys.stdout, indent=2)  # ASCII: survives any terminal encoding and odd file names
         sys.stdout.write("\n")
         return 0
     print(f"{'rank':>4}  {'score':>8}  {'index':>5}  document")
@@ -331,6 +331,7 @@ def cmd_rank(args: argparse.Namespace) -> int:
         if r.document.has_text and (r.document.id or "").startswith("doc"):
             label = r.document.text.replace("\n", " ")  # type: ignore[union-attr]
         label = label if len(label) <= 70 else label[:67] + "..."
+        label = label.encode("utf-8", "backslashreplace").decode("utf-8")  # undecodable file names
         score = "error" if r.score is None else f"{r.score:.4f}"
         print(f"{pos:>4}  {score:>8}  {r.index:>5}  {label}" + (f"  [{r.error}]" if r.error else ""))
     return 0
@@ -423,6 +424,9 @@ def run_guarded(fn: Any, *args: Any) -> int:
         return 0
     except MemoryError:
         return _fail("out of memory (try a smaller --batch-size, --dtype bfloat16, or a GPU)", 1)
+    except OSError as exc:  # a file that cannot be written or read (permissions, a full disk, ...)
+        where = f": {exc.filename}" if getattr(exc, "filename", None) else ""
+        return _fail(f"{exc.strerror or exc}{where}", 1)
 
 
 def main(argv: list[str] | None = None) -> int:

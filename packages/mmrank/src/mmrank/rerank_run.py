@@ -201,8 +201,18 @@ def load_queries(path: str | Path) -> dict[str, Item]:
 
 
 # ---------------------------------------------------------------------------------------------- reranking
+def check_trec_ids(run: Any) -> None:
+    """Refuse query or document ids that a TREC run file cannot hold (empty, or containing whitespace)."""
+    for qid, docs in run.items():
+        for name, value in [("query", qid)] + [("document", d) for d in docs]:
+            if not value or any(c.isspace() for c in value):
+                raise InputError(f"{name} id {value!r} is empty or holds whitespace, which a TREC run cannot "
+                                 "represent")
+
+
 def write_trec(run: dict[str, list[tuple[str, float]]], path: str | Path, tag: str) -> None:
     """Write ``{qid: [(docid, score), ...best first]}`` as a TREC run, atomically (temporary file + rename)."""
+    check_trec_ids({q: [d for d, _ in docs] for q, docs in run.items()})
     target = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=str(target.parent.resolve()))
     try:
@@ -312,6 +322,7 @@ def _command(args: argparse.Namespace) -> int:
     run = load_run(args.run)
     if not run:
         raise InputError(f"{args.run}: the run is empty")
+    check_trec_ids(run)
     out_dir = Path(args.output).resolve().parent
     if not out_dir.is_dir():
         raise UsageError(f"--output {args.output}: folder {out_dir} does not exist")
