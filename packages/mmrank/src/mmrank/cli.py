@@ -163,8 +163,6 @@ def _finite_float(text: str) -> float:
 _DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?|xpu(:\d+)?)$")
 
 
-
-
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
     """The scorer options shared by ``rank`` and ``rerank-run`` (model loading: the flags of
     :func:`mmrank.models.options.add_load_arguments`, which ``mmrank serve`` shares too)."""
