@@ -50,10 +50,18 @@ def test_rank_table_and_top_n(jina_dir):
     assert len(lines) == 3  # header + top 2
 
 
-def test_missing_model_is_a_clear_error_not_a_traceback():
-    res = _run("rank", "-q", "x", "--model", "nobody/no-such-model", "--device", "cpu", "doc")
+def test_missing_model_is_a_clear_error_not_a_traceback(tmp_path):
+    # No hub here: a closed local port stands for it (the test never depends on the real hub).
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    res = _run("rank", "-q", "x", "--model", "nobody/no-such-model", "--device", "cpu", "doc",
+               env_extra={"HF_ENDPOINT": f"http://127.0.0.1:{port}", "HF_HOME": str(tmp_path)})
     assert res.returncode == 1
-    assert "mmrank: error:" in res.stderr and "huggingface-cli download" in res.stderr
+    assert "mmrank: error:" in res.stderr and "hf download nobody/no-such-model" in res.stderr
+    assert "huggingface-cli" not in res.stderr
     assert "Traceback" not in res.stderr
 
 

@@ -166,7 +166,7 @@ def test_missing_model_error_says_how_to_fix(tmp_path, monkeypatch):
     with pytest.raises(ModelLoadError) as info:
         JinaRerankerM0("someone/not-cached-model-xyz", device="cpu")
     msg = str(info.value)
-    assert "HF_HUB_OFFLINE" in msg and "huggingface-cli download" in msg and "local" in msg
+    assert "HF_HUB_OFFLINE" in msg and "hf download someone/not-cached-model-xyz" in msg and "local" in msg
     with pytest.raises(ModelLoadError, match="does not exist"):
         JinaRerankerM0(os.path.join(str(tmp_path), "nope", "model"), device="cpu")
 

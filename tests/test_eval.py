@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 
 import pytest
 import pytrec_eval
@@ -176,9 +177,9 @@ def test_cli_table_and_json(files, capsys):
                  str(files / "bad.trec"), "--metrics", "ndcg@10,recall@2,mrr@10"]) == 0
     out, err = capsys.readouterr()
     lines = out.strip().splitlines()
-    assert lines[0].split() == ["metric", "good.json", "bad.trec"]
+    assert lines[0].split() == ["metric", "good.json", "bad.trec", "Δ", "+/-"]
     assert lines[1].split()[0] == "ndcg@10" and float(lines[1].split()[1]) == pytest.approx(1.0)
-    assert lines[3].split() == ["mrr@10", "1.0000", "0.2500"]
+    assert lines[3].split() == ["mrr@10", "1.0000", "0.2500", "-0.7500", "0/2"]
     assert lines[4].split() == ["queries", "2", "2"]
     assert "1 judged queries have no ranking" in err
     assert main(["--qrels", str(files / "qrels.tsv"), "--run", str(files / "good.json"), "--metrics", "mrr@10",
@@ -202,3 +203,87 @@ def test_mmrank_command_dispatches_to_eval(files, capsys):
     assert cli_main(["eval", "--qrels", str(files / "qrels.tsv"), "--run", str(files / "good.json"),
                      "--metrics", "recall@1", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["metrics"]["recall@1"] == pytest.approx(0.75)
+
+
+# ---------------------------------------------------------------------------------------------- comparing runs
+def test_randomization_test_exact_small_cases():
+    from mmrank.evaluation import paired_randomization_test as rt
+
+    assert rt([0, 0, 0], [1, 1, 1]) == 0.25  # sums ±3 (2 of 8 sign patterns) reach |3|
+    assert rt([0, 0], [1, -1]) == 1.0  # observed mean 0: every pattern is as extreme
+    assert rt([], []) == 1.0
+    assert rt([0.1, 0.2, 0.3], [0.1, 0.2, 0.3]) == 1.0
+    with pytest.raises(InputError):
+        rt([1.0], [1.0, 2.0])
+
+
+@settings(max_examples=30, deadline=None)
+@given(pairs=st.lists(st.tuples(st.sampled_from([0.0, 0.25, 0.5, 1.0]), st.sampled_from([0.0, 0.25, 0.5, 1.0])),
+                      min_size=2, max_size=9))
+def test_randomization_test_matches_scipy_permutation_test(pairs):
+    import numpy as np
+    from mmrank.evaluation import paired_randomization_test
+    from scipy import stats
+
+    a = [x for x, _ in pairs]
+    b = [y for _, y in pairs]
+    ours = paired_randomization_test(a, b)
+    ref = stats.permutation_test((np.array(b), np.array(a)), lambda x, y, axis: np.mean(x - y, axis=axis),
+                                 permutation_type="samples", n_resamples=np.inf, alternative="two-sided",
+                                 vectorized=True).pvalue
+    assert ours == pytest.approx(min(1.0, ref), abs=1e-9)
+    assert paired_randomization_test(b, a) == ours  # symmetric
+
+
+def test_randomization_test_monte_carlo_is_seeded_and_close_to_exact():
+    import random
+
+    from mmrank.evaluation import paired_randomization_test
+
+    rng = random.Random(3)
+    a = [rng.random() for _ in range(30)]
+    b = [x + rng.gauss(0.05, 0.2) for x in a]
+    p1 = paired_randomization_test(a, b, trials=4000, seed=1)
+    assert p1 == paired_randomization_test(a, b, trials=4000, seed=1)
+    assert 0 < p1 <= 1
+    # A strong, consistent improvement is significant; noise around zero is not.
+    assert paired_randomization_test(a, [x + 0.3 for x in a], trials=2000) < 0.001
+    assert paired_randomization_test(a, a, trials=2000) == 1.0
+
+
+def test_t_test_is_scipys_and_says_when_scipy_is_missing(monkeypatch):
+    from mmrank.evaluation import paired_t_test
+    from scipy import stats
+
+    a, b = [0.1, 0.4, 0.35, 0.8], [0.2, 0.5, 0.3, 0.9]
+    assert paired_t_test(a, b) == pytest.approx(stats.ttest_rel(b, a).pvalue)
+    assert paired_t_test(a, a) == 1.0
+    monkeypatch.setitem(sys.modules, "scipy", None)
+    with pytest.raises(InputError, match="needs scipy: pip install scipy"):
+        paired_t_test(a, b)
+
+
+def test_compare_side_by_side_with_deltas_and_significance(files, capsys):
+    (files / "second.json").write_text(json.dumps({"q1": {"a": 3, "b": 2}, "q2": {"z": 2.0, "c": 1.0}}))
+    argv = ["--qrels", str(files / "qrels.tsv"), "--run", str(files / "good.json"), "--run",
+            str(files / "second.json"), "--metrics", "mrr@10,ndcg@10"]
+    assert main([*argv, "--significance", "randomization", "--per-query-deltas"]) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert lines[0].split() == ["metric", "good.json", "second.json", "Δ", "+/-", "p"]
+    # q1: good ranks b (rel 2) first -> 1.0; second ranks a (rel 1) first -> 1.0. q2: 1.0 vs 0.5.
+    assert lines[1].split() == ["mrr@10", "1.0000", "0.7500", "-0.2500", "0/1", "1.0000"]
+    assert "per-query mrr@10" in out
+    q2 = next(line for line in lines if line.startswith("q2"))
+    assert q2.split() == ["q2", "1.0000", "0.5000", "-0.5000"]
+    assert main([*argv, "--significance", "ttest", "--json", "--per-query-deltas"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    comp = data[str(files / "second.json")]["comparison"]
+    assert comp["test"] == "ttest" and comp["queries"] == 2
+    assert comp["delta"]["mrr@10"] == pytest.approx(-0.25) and comp["per_query_delta"]["q2"]["mrr@10"] == -0.5
+    assert 0 < comp["p_value"]["mrr@10"] <= 1
+    assert data[str(files / "second.json")]["compared_with"] == str(files / "good.json")
+    assert main([*argv[:4], "--run", str(files / "good.json")]) == 2
+    assert "given twice" in capsys.readouterr().err
+    assert main([*argv[:4], "--significance", "ttest"]) == 2
+    assert "at least one more --run" in capsys.readouterr().err

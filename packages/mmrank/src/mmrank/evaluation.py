@@ -30,6 +30,18 @@ Input formats (detected from the content; ``.json`` files are JSON):
   ``query-id corpus-id score``, tab separated), or JSON ``{qid: {docid: rel}}``;
 * run — TREC (``qid Q0 docid rank score tag``), a three-column ``qid docid score`` file (header optional),
   or JSON ``{qid: {docid: score}}`` (what BEIR and ``mmrank`` pipelines write).
+
+Comparing runs (``--run A --run B ...``): the first run is the baseline; every other run gets, per metric, its
+mean difference from the baseline over the queries both rank (``Δ``), the number of queries it helps / hurts,
+and with ``--significance`` a two-sided paired test over those per-query differences:
+
+* ``randomization`` (built in) — the sign-flip permutation test (Fisher; Smucker et al., CIKM 2007): exact
+  over all 2^n sign patterns for n ≤ 16 queries, else ``--trials`` random ones (seeded, so repeatable);
+  p = (patterns with |mean| ≥ observed) / patterns (the Monte Carlo estimate counts the observed one).
+* ``ttest`` — the paired Student t-test, ``scipy.stats.ttest_rel`` (scipy is optional: ``pip install scipy``
+  or ``mmrank[eval]``).
+
+``--per-query-deltas`` lists every query's values and differences.
 """
 
 from __future__ import annotations
@@ -291,14 +303,107 @@ def load_run(path: str | Path) -> Run:
     return run
 
 
+# ---------------------------------------------------------------------------------------------- comparing runs
+TESTS = ("randomization", "ttest")
+
+
+def paired_randomization_test(a: list[float], b: list[float], *, trials: int = 10000, seed: int = 0) -> float:
+    """Two-sided p-value of the sign-flip randomization test on the paired differences ``b - a``.
+
+    Exact (every sign pattern) for up to 16 pairs, else ``trials`` random patterns with a fixed ``seed``."""
+    if len(a) != len(b):
+        raise InputError("paired test: the two lists differ in length")
+    d = [y - x for x, y in zip(a, b, strict=True)]
+    n = len(d)
+    if n == 0:
+        return 1.0
+    observed = abs(sum(d)) - 1e-12 * max(1.0, sum(abs(x) for x in d))  # tolerate float noise in ties
+    if n <= 16:
+        hits = 0
+        for mask in range(1 << n):
+            total = sum(-x if (mask >> i) & 1 else x for i, x in enumerate(d))
+            hits += abs(total) >= observed
+        return hits / (1 << n)
+    import random
+
+    rng = random.Random(seed)
+    hits = 0
+    for _ in range(trials):
+        total = sum(x if rng.random() < 0.5 else -x for x in d)
+        hits += abs(total) >= observed
+    return (hits + 1) / (trials + 1)
+
+
+def paired_t_test(a: list[float], b: list[float]) -> float:
+    """Two-sided p-value of the paired t-test (``scipy.stats.ttest_rel``); 1.0 when every difference is 0."""
+    try:
+        from scipy import stats
+    except ImportError:
+        raise InputError("--significance ttest needs scipy: pip install scipy (or 'mmrank[eval]'); "
+                         "--significance randomization needs nothing extra") from None
+    if len(a) < 2:
+        return 1.0
+    diffs = [y - x for x, y in zip(a, b, strict=True)]
+    if all(abs(x - diffs[0]) <= 1e-15 for x in diffs):
+        return 1.0 if abs(diffs[0]) <= 1e-15 else 0.0  # no variance: the t statistic is 0 or infinite
+    return float(stats.ttest_rel(b, a).pvalue)
+
+
+@dataclass
+class Comparison:
+    """A run against the baseline, per metric, over the queries both were evaluated on."""
+
+    queries: list[str]
+    delta: dict[str, float]  # mean difference (run - baseline)
+    wins: dict[str, int]  # queries where the run is better
+    losses: dict[str, int]
+    p_value: dict[str, float | None]
+    per_query: dict[str, dict[str, float]]  # query -> metric -> difference
+
+    def as_dict(self, per_query: bool = False) -> dict[str, Any]:
+        out: dict[str, Any] = {"queries": len(self.queries), "delta": self.delta, "wins": self.wins,
+                               "losses": self.losses, "p_value": self.p_value}
+        if per_query:
+            out["per_query_delta"] = self.per_query
+        return out
+
+
+def compare(baseline: Evaluation, other: Evaluation, metrics: list[Metric], *, test: str | None = None,
+            trials: int = 10000, seed: int = 0) -> Comparison:
+    """Per-metric mean difference of ``other`` over ``baseline`` on their common queries, with an optional
+    paired significance test (``"randomization"`` or ``"ttest"``)."""
+    if test is not None and test not in TESTS:
+        raise InputError(f"unknown significance test {test!r}; use one of {TESTS}")
+    common = sorted(set(baseline.per_query) & set(other.per_query))
+    delta, wins, losses, pvals = {}, {}, {}, {}
+    per_query = {q: {m.label: other.per_query[q][m.label] - baseline.per_query[q][m.label] for m in metrics}
+                 for q in common}
+    for m in metrics:
+        a = [baseline.per_query[q][m.label] for q in common]
+        b = [other.per_query[q][m.label] for q in common]
+        diffs = [per_query[q][m.label] for q in common]
+        delta[m.label] = sum(diffs) / len(diffs) if diffs else 0.0
+        wins[m.label] = sum(1 for x in diffs if x > 1e-12)
+        losses[m.label] = sum(1 for x in diffs if x < -1e-12)
+        if test == "randomization":
+            pvals[m.label] = paired_randomization_test(a, b, trials=trials, seed=seed)
+        elif test == "ttest":
+            pvals[m.label] = paired_t_test(a, b)
+        else:
+            pvals[m.label] = None
+    return Comparison(common, delta, wins, losses, pvals, per_query)
+
+
 # ---------------------------------------------------------------------------------------------- command line
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="mmrank eval", description="nDCG / Recall / MRR / MAP of one or more runs against qrels "
-        "(trec_eval conventions; see the module documentation of mmrank.evaluation).")
+        prog="mmrank eval", description="nDCG / Recall / MRR / MAP of one or more runs against qrels, side by "
+        "side; the first run is the baseline the others are compared with (trec_eval conventions; see the "
+        "module documentation of mmrank.evaluation).")
     p.add_argument("--qrels", required=True, help="TREC qrels, BEIR/ViDoRe qrels TSV, or JSON {qid: {docid: rel}}")
     p.add_argument("--run", required=True, action="append",
-                   help="TREC run, 'qid docid score' file, or JSON {qid: {docid: score}}; repeat to compare runs")
+                   help="TREC run, 'qid docid score' file, or JSON {qid: {docid: score}}; repeat to compare runs "
+                        "(the first is the baseline)")
     p.add_argument("--metrics", default="ndcg@10,recall@100,mrr@10",
                    help="comma-separated: ndcg@k, recall@k, mrr@k, map, map@k, p@k (default %(default)s)")
     p.add_argument("--gain", default="linear", choices=GAINS,
@@ -306,20 +411,45 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--relevance-level", type=int, default=1, help="judgement >= this is relevant (default 1)")
     p.add_argument("--complete", action="store_true",
                    help="average over every judged query; queries missing from the run score 0 (trec_eval -c)")
+    p.add_argument("--significance", default=None, choices=TESTS,
+                   help="paired two-sided test of each run against the first: randomization (built in, exact "
+                        "up to 16 queries) or ttest (needs scipy)")
+    p.add_argument("--trials", type=int, default=10000,
+                   help="random sign patterns of the randomization test beyond 16 queries (default 10000)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the randomization test (default 0)")
+    p.add_argument("--per-query-deltas", action="store_true",
+                   help="list each query's value of the first metric in every run and its difference from the "
+                        "first run (with --json: every metric)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--per-query", action="store_true", help="with --json, include per-query values")
     return p
 
 
+def _fmt_p(p: float | None) -> str:
+    if p is None:
+        return ""
+    return "<0.0001" if p < 1e-4 else f"{p:.4f}"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if len(set(args.run)) != len(args.run):
+            raise InputError("the same --run is given twice")
+        if args.trials < 1:
+            raise InputError("--trials must be >= 1")
+        if args.significance and len(args.run) < 2:
+            raise InputError("--significance compares runs: give the baseline and at least one more --run")
         metrics = parse_metrics(args.metrics)
         qrels = load_qrels(args.qrels)
         results = {}
         for r in args.run:
             results[r] = evaluate(qrels, load_run(r), metrics, gain=args.gain, complete=args.complete,
                                   relevance_level=args.relevance_level)
+        names = list(results)
+        base = results[names[0]]
+        comparisons = {n: compare(base, results[n], metrics, test=args.significance, trials=args.trials,
+                                  seed=args.seed) for n in names[1:]}
     except InputError as exc:
         print(f"mmrank eval: error: {exc}", file=sys.stderr)
         return 2
@@ -333,22 +463,68 @@ def main(argv: list[str] | None = None) -> int:
                   file=sys.stderr)
         if ev.queries == 0:
             print(f"mmrank eval: {r}: no query is both judged and ranked", file=sys.stderr)
+    for n, c in comparisons.items():
+        if len(c.queries) != base.queries or len(c.queries) != results[n].queries:
+            print(f"mmrank eval: {n}: compared with {names[0]} on the {len(c.queries)} queries both rank",
+                  file=sys.stderr)
     if args.json:
         out: Any = {r: ev.as_dict(per_query=args.per_query) for r, ev in results.items()}
+        for n, c in comparisons.items():
+            out[n]["compared_with"] = names[0]
+            out[n]["comparison"] = c.as_dict(per_query=args.per_query_deltas)
+            if args.significance:
+                out[n]["comparison"]["test"] = args.significance
         if len(results) == 1:
             out = next(iter(out.values()))
         json.dump(out, sys.stdout, indent=2)
         sys.stdout.write("\n")
         return 0
-    names = list(results)
     width = max(8, *(len(m.label) for m in metrics))
-    cols = [Path(n).name for n in names]
+    cols: list[str] = []
+    for i, n in enumerate(names):
+        cols.append(Path(n).name)
+        if i:
+            cols += ["Δ", "+/-"] + (["p"] if args.significance else [])
     colw = [max(8, len(c)) for c in cols]
-    print(f"{'metric':<{width}}  " + "  ".join(f"{c:>{w}}" for c, w in zip(cols, colw, strict=True)))
+
+    def row(label: str, cells: list[str]) -> str:
+        return f"{label:<{width}}  " + "  ".join(f"{c:>{w}}" for c, w in zip(cells, colw, strict=True))
+
+    print(row("metric", cols))
     for m in metrics:
-        print(f"{m.label:<{width}}  " + "  ".join(f"{results[n].means[m.label]:>{w}.4f}"
-                                                  for n, w in zip(names, colw, strict=True)))
-    print(f"{'queries':<{width}}  " + "  ".join(f"{results[n].queries:>{w}d}" for n, w in zip(names, colw, strict=True)))
+        cells = []
+        for i, n in enumerate(names):
+            cells.append(f"{results[n].means[m.label]:.4f}")
+            if i:
+                c = comparisons[n]
+                cells += [f"{c.delta[m.label]:+.4f}", f"{c.wins[m.label]}/{c.losses[m.label]}"]
+                if args.significance:
+                    cells.append(_fmt_p(c.p_value[m.label]))
+        print(row(m.label, cells))
+    cells = []
+    for i, n in enumerate(names):
+        cells.append(str(results[n].queries))
+        if i:
+            cells += [""] * (2 + bool(args.significance))
+    print(row("queries", cells))
+    if len(names) > 1:
+        print(f"(Δ: mean difference from {Path(names[0]).name} over the queries both rank; +/-: queries better/"
+              f"worse{'; p: paired ' + args.significance + ' test, two-sided' if args.significance else ''})")
+    if args.per_query_deltas and len(names) > 1:
+        print()
+        m0 = metrics[0]
+        header = ["query"] + [Path(n).name for n in names] + [f"Δ {Path(n).name}" for n in names[1:]]
+        qw = max(5, *(len(q) for q in base.per_query)) if base.per_query else 5
+        hw = [max(8, len(h)) for h in header[1:]]
+        print(f"per-query {m0.label}")
+        print(f"{header[0]:<{qw}}  " + "  ".join(f"{h:>{w}}" for h, w in zip(header[1:], hw, strict=True)))
+        queries = sorted(set().union(*(set(results[n].per_query) for n in names)))
+        for q in queries:
+            vals = [results[n].per_query.get(q, {}).get(m0.label) for n in names]
+            deltas = [comparisons[n].per_query.get(q, {}).get(m0.label) for n in names[1:]]
+            cells = [("-" if v is None else f"{v:.4f}") for v in vals] + \
+                    [("-" if d is None else f"{d:+.4f}") for d in deltas]
+            print(f"{q:<{qw}}  " + "  ".join(f"{c:>{w}}" for c, w in zip(cells, hw, strict=True)))
     return 0
 
 
