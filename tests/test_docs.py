@@ -46,7 +46,9 @@ def test_api_reference_builds_strict_from_the_docstrings(tmp_path):
 def test_every_docs_page_is_in_the_navigation():
     nav = (ROOT / "mkdocs.yml").read_text()
     pages = {p.relative_to(ROOT / "docs").as_posix() for p in (ROOT / "docs").rglob("*.md")}
-    assert pages == set(re.findall(r":\s*(\S+\.md)\s*$", nav, flags=re.M))
+    in_nav = set(re.findall(r":\s*(\S+\.md)\s*$", nav, flags=re.M))
+    assert not pages - in_nav, f"docs pages missing from mkdocs.yml's nav (add them): {sorted(pages - in_nav)}"
+    assert not in_nav - pages, f"nav entries without a page: {sorted(in_nav - pages)}"
 
 
 # --- READMEs ----------------------------------------------------------------------------------------------
