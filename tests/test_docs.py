@@ -46,7 +46,9 @@ def test_api_reference_builds_strict_from_the_docstrings(tmp_path):
 def test_every_docs_page_is_in_the_navigation():
     nav = (ROOT / "mkdocs.yml").read_text()
     pages = {p.relative_to(ROOT / "docs").as_posix() for p in (ROOT / "docs").rglob("*.md")}
-    assert pages == set(re.findall(r":\s*(\S+\.md)\s*$", nav, flags=re.M))
+    in_nav = set(re.findall(r":\s*(\S+\.md)\s*$", nav, flags=re.M))
+    assert not pages - in_nav, f"docs pages missing from mkdocs.yml's nav (add them): {sorted(pages - in_nav)}"
+    assert not in_nav - pages, f"nav entries without a page: {sorted(in_nav - pages)}"
 
 
 # --- READMEs ----------------------------------------------------------------------------------------------
@@ -176,6 +178,8 @@ ADAPTER_API = {
 }
 _SEARCH_PATHS = [ROOT / "packages/mmrank/src", ROOT / "packages/llama-index-postprocessor-mmrank-rerank",
                  ROOT / "packages/langchain-mmrank", ROOT / "packages/mmrank-haystack/src"]
+_OURS = ("mmrank", "langchain_mmrank", "llama_index.postprocessor.mmrank_rerank",
+         "haystack_integrations.components.rankers.mmrank")
 # Methods a framework's base class requires (documented there), and pydantic's hook.
 _FRAMEWORK_METHODS = {"class_name", "model_post_init"}
 
@@ -261,8 +265,11 @@ def _undocumented() -> list[str]:
                 problems.append(f"{path}: {missing}")
             continue
         defining = f"{obj.__module__}.{obj.__qualname__}"
-        init_doc = obj.__init__.__doc__ if "__init__" in vars(obj) else None
-        class_doc = _documented(obj.__doc__, style) | _documented(init_doc, style)
+        # The constructor's parameters are documented by the class that defines __init__ (this one, or the
+        # base of ours it inherits it from), in its class or __init__ docstring, or as attribute docstrings.
+        owner = next((c for c in obj.__mro__ if "__init__" in vars(c) and c.__module__.startswith(_OURS)), obj)
+        init_doc = owner.__init__.__doc__ if "__init__" in vars(owner) else None
+        class_doc = _documented(obj.__doc__, style) | _documented(owner.__doc__, style) | _documented(init_doc, style)
         class_doc |= _griffe_attribute_docs(defining)
         if not (obj.__doc__ or "").strip():
             problems.append(f"{path}: no docstring")

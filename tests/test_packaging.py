@@ -2,8 +2,9 @@
 sdist, as ``python -m build`` does) from a clean copy of its folder, checked with ``twine check --strict``,
 and its metadata, licence, ``py.typed`` and long description asserted.
 
-``test_each_adapter_installs_alone`` (opt-in: ``MMRANK_SLOW_TESTS=1``, a few minutes) installs each adapter
-with the core's wheel into a fresh virtual environment and runs its README quick start there.
+``test_each_package_installs_alone`` (opt-in: ``MMRANK_SLOW_TESTS=1``; 5-15 minutes per package on 2 busy
+cores, mostly pip resolving) installs each package alone (an adapter with the core's wheel, the core with
+its serve extra) into a fresh virtual environment and runs its README quick start there.
 """
 
 from __future__ import annotations
@@ -205,19 +206,21 @@ _TORCH = "2.13.0"  # the CPU build pinned in requirements-dev.txt (pip finds it 
 
 @pytest.mark.slow
 @pytest.mark.skipif(not SLOW, reason="opt-in: set MMRANK_SLOW_TESTS=1 (installs into fresh venvs; minutes)")
-@pytest.mark.parametrize("name", ADAPTERS)
-def test_each_adapter_installs_alone(dist, name, tmp_path):
-    """``pip install <adapter wheel> <core wheel>`` into a fresh venv resolves every dependency from the
-    index (nothing from the development environment), passes ``pip check``, ships ``py.typed`` where type
-    checkers look, leaves the other frameworks out, and runs the README quick start unmodified."""
+@pytest.mark.parametrize("name", PACKAGES)
+def test_each_package_installs_alone(dist, name, tmp_path):
+    """``pip install <adapter wheel> <core wheel>`` (for the core: ``<core wheel>[serve]``) into a fresh venv
+    resolves every dependency from the index (nothing from the development environment), passes
+    ``pip check``, ships ``py.typed`` where type checkers look, leaves the other frameworks out, and runs the
+    README quick start unmodified."""
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
     py = venv / "bin" / "python"
     (tmp_path / "constraints.txt").write_text(f"torch=={_TORCH}\n")
     started = time.monotonic()
+    wheels = [f"{_wheel(dist, 'mmrank')}[serve]"] if name == "mmrank" else [str(_wheel(dist, name)),
+                                                                            str(_wheel(dist, "mmrank"))]
     proc = subprocess.run([str(py), "-m", "pip", "install", "--quiet", "-c", str(tmp_path / "constraints.txt"),
-                           str(_wheel(dist, name)), str(_wheel(dist, "mmrank"))],
-                          capture_output=True, text=True, timeout=900)
+                           *wheels], capture_output=True, text=True, timeout=1800)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     install_s = time.monotonic() - started
     check = subprocess.run([str(py), "-m", "pip", "check"], capture_output=True, text=True, timeout=120)
@@ -225,6 +228,13 @@ def test_each_adapter_installs_alone(dist, name, tmp_path):
 
     leaf = PACKAGES[name][0].replace("/", ".")
     others = [PACKAGES[o][2] for o in ADAPTERS if o != name]
+    if name == "mmrank":
+        # the console script and the serve extra
+        cli = subprocess.run([str(venv / "bin" / "mmrank"), "serve", "--help"], capture_output=True, text=True,
+                             timeout=300)
+        assert cli.returncode == 0 and "--host" in cli.stdout, cli.stdout + cli.stderr
+        extra = subprocess.run([str(py), "-c", "import fastapi, uvicorn, pydantic"], capture_output=True, timeout=300)
+        assert extra.returncode == 0, extra.stderr
     probe = (
         "import importlib.metadata as md, importlib.resources as r, json, sys\n"
         f"import {leaf}\n"
@@ -253,6 +263,7 @@ def test_each_adapter_installs_alone(dist, name, tmp_path):
                          env=env)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     lines = [ln.split() for ln in run.stdout.strip().splitlines()]
-    assert len(lines) == 2 and {ln[0] for ln in lines} <= {"berlin", "paris", "map"}
+    ids = {ln[-1] for ln in lines} if name == "mmrank" else {ln[0] for ln in lines}
+    assert len(lines) == 2 and ids <= ({"None", "p3", "fig2"} if name == "mmrank" else {"berlin", "paris", "map"})
     assert "ranked last" not in run.stderr, run.stderr  # the image was read
     print(f"{name}: install {install_s:.0f} s, total {time.monotonic() - started:.0f} s")

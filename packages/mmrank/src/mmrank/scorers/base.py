@@ -53,9 +53,11 @@ DocumentError = ImageLoadError | InputError
 class RankedDocument:
     """One document in a ranking.
 
-    ``index`` is its position in the caller's input; ``score`` its relevance score (higher is better;
-    ``None`` when the document could not be read, in which case ``error`` says why and the document is
-    ranked after every scored one).
+    Attributes:
+        index: the document's position in the caller's input.
+        score: its relevance score (higher is better); ``None`` when the document could not be read.
+        document: the :class:`~mmrank.Document` (with the caller's ``id`` and ``payload``).
+        error: why the document could not be read (it is then ranked after every scored one), else ``None``.
     """
 
     index: int
@@ -65,13 +67,21 @@ class RankedDocument:
 
     @property
     def payload(self) -> Any:
+        """The caller's object carried by the document (``Document.payload``)."""
         return self.document.payload
 
     @property
     def id(self) -> str | None:
+        """The caller's document id (``Document.id``)."""
         return self.document.id
 
     def to_dict(self, *, include_document: bool = True) -> dict[str, Any]:
+        """A JSON-ready dict in the Jina rerank API's shape: ``index``, ``relevance_score``, and ``id``,
+        ``document`` and ``error`` when present.
+
+        Args:
+            include_document: include ``{"document": {"text": ...}}`` for documents with text.
+        """
         out: dict[str, Any] = {"index": self.index, "relevance_score": self.score}
         if self.document.id is not None:
             out["id"] = self.document.id
@@ -85,7 +95,16 @@ class RankedDocument:
 @dataclass
 class PreparedRanking:
     """A rank call after :meth:`Reranker.prepare`: checked options, the coerced query and documents (images
-    read), and one error (or ``None``) per document. Plain data: callers may inspect it between the steps."""
+    read), and one error (or ``None``) per document. Plain data: callers may inspect it between the steps.
+
+    Attributes:
+        query: the coerced query.
+        documents: the coerced documents, in input order.
+        errors: one entry per document: the error that keeps it from being scored, or ``None``.
+        top_n: how many results to keep (``None``: all).
+        score_threshold: scored documents below it are dropped (``None``: none).
+        on_error: ``"last"`` or ``"raise"``, as checked.
+    """
 
     query: Query
     documents: list[Document]
@@ -158,7 +177,18 @@ def check_score_threshold(score_threshold: Any) -> float | None:
 
 
 class Reranker(ABC):
-    """Base class of all scorers. Subclasses implement :meth:`_rank_documents`."""
+    """Base class of all scorers. Subclasses implement :meth:`_rank_documents`.
+
+    Args:
+        on_error: what a document that cannot be read (broken image, dead URL, over a limit) does by
+            default: ``"last"`` ranks it after every scored document with ``score=None`` and ``error`` set;
+            ``"raise"`` raises its :class:`~mmrank.ImageLoadError` / :class:`~mmrank.InputError`. Each call
+            may override it.
+        image_policy: limits for reading images (:class:`~mmrank.ImagePolicy`; ``ImagePolicy.strict()``
+            for untrusted input).
+        show_progress: show a progress bar over batches (scorers that run batches).
+        image_workers: threads that read and decode the images of one call in parallel.
+    """
 
     #: Human-readable model name (model id or path), used in events and API responses.
     model_name: str = "unknown"
@@ -185,24 +215,67 @@ class Reranker(ABC):
              score_threshold: float | None = None, on_error: OnError | None = None) -> list[RankedDocument]:
         """Rank ``documents`` for ``query``; best first. Every input document appears exactly once, except
         that ``score_threshold`` drops scored documents below it and then ``top_n`` trims; documents that
-        could not be read come last with ``error`` set (a threshold never drops them: they have no score)."""
+        could not be read come last with ``error`` set (a threshold never drops them: they have no score).
+
+        Args:
+            query: a string, a :class:`~mmrank.Query`, an image (PIL, bytes, ``Path``) or a mapping with
+                ``text`` / ``image``.
+            documents: strings, :class:`~mmrank.Document` objects, images or mappings with ``text`` /
+                ``image`` (any iterable; read once).
+            top_n: return only the best ``top_n`` (``None``: all).
+            score_threshold: drop scored documents below this score (before ``top_n`` counts).
+            on_error: override the scorer's ``on_error`` for this call (``"last"`` or ``"raise"``).
+
+        Returns:
+            :class:`RankedDocument` objects, best first.
+
+        Raises:
+            InputError: bad arguments, or an unreadable document under ``on_error="raise"``.
+        """
         call = self.prepare(query, documents, top_n, score_threshold=score_threshold, on_error=on_error)
         return self.finish(call, self.rank_documents(call.query, call.readable_documents))
 
     async def arank(self, query: Any, documents: Sequence[Any] | Iterable[Any], top_n: int | None = None, *,
                     score_threshold: float | None = None, on_error: OnError | None = None) -> list[RankedDocument]:
         """Async :meth:`rank`: image reading and the model run in worker threads (or, for a remote scorer,
-        on the event loop without blocking it), so the event loop is never blocked."""
+        on the event loop without blocking it), so the event loop is never blocked.
+
+        Args:
+            query: a string, a :class:`~mmrank.Query`, an image (PIL, bytes, ``Path``) or a mapping with
+                ``text`` / ``image``.
+            documents: strings, :class:`~mmrank.Document` objects, images or mappings with ``text`` /
+                ``image`` (any iterable; read once).
+            top_n: return only the best ``top_n`` (``None``: all).
+            score_threshold: drop scored documents below this score (before ``top_n`` counts).
+            on_error: override the scorer's ``on_error`` for this call.
+        """
         call = await self.aprepare(query, documents, top_n, score_threshold=score_threshold, on_error=on_error)
         return self.finish(call, await self.arank_documents(call.query, call.readable_documents))
 
     def score(self, query: Any, documents: Sequence[Any] | Iterable[Any], *,
               on_error: OnError | None = None) -> list[float | None]:
-        """Scores in input order (``None`` for a document that could not be read)."""
+        """Scores in input order (``None`` for a document that could not be read).
+
+        Args:
+            query: a string, a :class:`~mmrank.Query`, an image (PIL, bytes, ``Path``) or a mapping with
+                ``text`` / ``image``.
+            documents: strings, :class:`~mmrank.Document` objects, images or mappings with ``text`` /
+                ``image`` (any iterable; read once).
+            on_error: override the scorer's ``on_error`` for this call.
+        """
         return _in_input_order(self.rank(query, documents, on_error=on_error))
 
     async def ascore(self, query: Any, documents: Sequence[Any] | Iterable[Any], *,
                      on_error: OnError | None = None) -> list[float | None]:
+        """Async :meth:`score`.
+
+        Args:
+            query: a string, a :class:`~mmrank.Query`, an image (PIL, bytes, ``Path``) or a mapping with
+                ``text`` / ``image``.
+            documents: strings, :class:`~mmrank.Document` objects, images or mappings with ``text`` /
+                ``image`` (any iterable; read once).
+            on_error: override the scorer's ``on_error`` for this call.
+        """
         return _in_input_order(await self.arank(query, documents, on_error=on_error))
 
     # ------------------------------------------------------------------ the seam, step 1: prepare
@@ -210,8 +283,19 @@ class Reranker(ABC):
                 score_threshold: float | None = None, on_error: OnError | None = None,
                 refused: Sequence[DocumentError | None] | None = None) -> PreparedRanking:
         """Check the options, coerce the inputs, check the query and read every image; record one error per
-        document (raised at once under ``on_error="raise"``). ``refused``: errors the caller already found
-        (one entry per document, ``None`` for the others); those documents are not read again."""
+        document (raised at once under ``on_error="raise"``).
+
+        Args:
+            query: a string, a :class:`~mmrank.Query`, an image (PIL, bytes, ``Path``) or a mapping with
+                ``text`` / ``image``.
+            documents: strings, :class:`~mmrank.Document` objects, images or mappings with ``text`` /
+                ``image`` (any iterable; read once).
+            top_n: return only the best ``top_n`` (``None``: all).
+            score_threshold: drop scored documents below this score (before ``top_n`` counts).
+            on_error: override the scorer's ``on_error`` for this call.
+            refused: errors the caller already found (one entry per document, ``None`` for the others);
+                those documents are not read again.
+        """
         call = self._begin(query, documents, top_n, score_threshold, on_error, refused)
         self._read(call)
         return call
@@ -219,7 +303,18 @@ class Reranker(ABC):
     async def aprepare(self, query: Any, documents: Sequence[Any] | Iterable[Any], top_n: int | None = None, *,
                        score_threshold: float | None = None, on_error: OnError | None = None,
                        refused: Sequence[DocumentError | None] | None = None) -> PreparedRanking:
-        """Async :meth:`prepare`: images are read in a worker thread (text-only calls stay on the loop)."""
+        """Async :meth:`prepare`: images are read in a worker thread (text-only calls stay on the loop).
+
+        Args:
+            query: a string, a :class:`~mmrank.Query`, an image (PIL, bytes, ``Path``) or a mapping with
+                ``text`` / ``image``.
+            documents: strings, :class:`~mmrank.Document` objects, images or mappings with ``text`` /
+                ``image`` (any iterable; read once).
+            top_n: return only the best ``top_n`` (``None``: all).
+            score_threshold: drop scored documents below this score (before ``top_n`` counts).
+            on_error: override the scorer's ``on_error`` for this call.
+            refused: errors the caller already found, one entry per document (see :meth:`prepare`).
+        """
         call = self._begin(query, documents, top_n, score_threshold, on_error, refused)
         if call.query.has_image or any(d.has_image for d in call.documents):
             await asyncio.to_thread(self._read, call)
@@ -230,7 +325,12 @@ class Reranker(ABC):
     # ------------------------------------------------------------------ the seam, step 2: the model
     def rank_documents(self, query: Query, documents: list[Document]) -> Ranking:
         """Rank prepared, readable documents (``PreparedRanking.readable_documents``): ``(position in
-        documents, score)`` best first, every position once. One model call at a time per scorer."""
+        documents, score)`` best first, every position once. One model call at a time per scorer.
+
+        Args:
+            query: the prepared query (``PreparedRanking.query``).
+            documents: the readable documents (``PreparedRanking.readable_documents``).
+        """
         if not documents:
             return []
         with self._model_lock:
@@ -238,7 +338,12 @@ class Reranker(ABC):
         return check_ranking(ranking, len(documents))
 
     async def arank_documents(self, query: Query, documents: list[Document]) -> Ranking:
-        """Async :meth:`rank_documents`."""
+        """Async :meth:`rank_documents`.
+
+        Args:
+            query: the prepared query (``PreparedRanking.query``).
+            documents: the readable documents (``PreparedRanking.readable_documents``).
+        """
         if not documents:
             return []
         return check_ranking(await self._arank_documents(query, documents), len(documents))
@@ -246,7 +351,12 @@ class Reranker(ABC):
     # ------------------------------------------------------------------ the seam, step 3: finish
     def finish(self, call: PreparedRanking, ranking: Ranking) -> list[RankedDocument]:
         """The ranking of the readable documents (positions within ``call.readable``) at or above the
-        threshold, then the unreadable ones in input order; the best ``top_n`` of that."""
+        threshold, then the unreadable ones in input order; the best ``top_n`` of that.
+
+        Args:
+            call: what :meth:`prepare` returned.
+            ranking: what :meth:`rank_documents` returned for ``call.readable_documents``.
+        """
         good = call.readable
         check_ranking(ranking, len(good))
         threshold = call.score_threshold
@@ -362,7 +472,12 @@ class PointwiseReranker(Reranker):
         """One score per document, in order."""
 
     def score_documents(self, query: Query, documents: list[Document]) -> list[float]:
-        """The model step of a pointwise scorer: one score per prepared, readable document, in order."""
+        """The model step of a pointwise scorer: one score per prepared, readable document, in order.
+
+        Args:
+            query: the prepared query (``PreparedRanking.query``).
+            documents: readable documents, from one call or from several calls that share the query.
+        """
         if not documents:
             return []
         with self._model_lock:

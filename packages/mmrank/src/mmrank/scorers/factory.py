@@ -54,6 +54,19 @@ def load_reranker(mode: Mode = "pointwise", /, model: str | None = None, *, devi
     pairwise), ``url`` and ``api_key`` (remote, chat). Other ``kwargs`` go to the scorer's constructor. ``mode`` is positional-only, so the
     listwise scorer's own ``mode`` (``"generate"`` / ``"single_pass"``) passes through:
     ``load_reranker("listwise", m, mode="single_pass")``.
+
+    Args:
+        mode: the scorer kind, one of :data:`MODES` (positional only).
+        model: model id or local folder (local modes), or the served model name (server modes); ``None``:
+            the mode's default.
+        device: torch device for the local modes (``None``: CUDA if available).
+        batch_size: pairs per forward pass (pointwise, pairwise; ``None``: the scorer's default).
+        url: the server's base URL (server modes).
+        api_key: the server's API key (server modes; ``None``: read from the environment).
+        **kwargs: any other option of the scorer's constructor.
+
+    Raises:
+        InputError: an unknown mode, or a setting the mode does not use.
     """
     kwargs.update(check_settings(mode, device=device, batch_size=batch_size, url=url, api_key=api_key,
                                  token=kwargs.pop("token", None)))

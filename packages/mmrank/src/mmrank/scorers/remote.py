@@ -497,12 +497,22 @@ class RemoteReranker(Reranker):
 
     def prepare(self, *args: Any, **kwargs: Any) -> PreparedRanking:
         """:meth:`Reranker.prepare`, once the server's dialect is known (it decides what the inputs may be:
-        Infinity takes text only)."""
+        Infinity takes text only).
+
+        Args:
+            *args: the positional arguments of :meth:`Reranker.prepare` (``query``, ``documents``, ``top_n``).
+            **kwargs: its keyword arguments (``score_threshold``, ``on_error``, ``refused``).
+        """
         self._resolve_dialect()
         return super().prepare(*args, **kwargs)
 
     async def aprepare(self, *args: Any, **kwargs: Any) -> PreparedRanking:
         """Real async: the dialect probe here and the HTTP requests (:meth:`arank_documents`) run on the event
-        loop (httpx.AsyncClient), sub-requests concurrently; only reading local images runs in a thread."""
+        loop (httpx.AsyncClient), sub-requests concurrently; only reading local images runs in a thread.
+
+        Args:
+            *args: the positional arguments of :meth:`Reranker.aprepare` (``query``, ``documents``, ``top_n``).
+            **kwargs: its keyword arguments (``score_threshold``, ``on_error``, ``refused``).
+        """
         await self._aresolve_dialect()
         return await super().aprepare(*args, **kwargs)
