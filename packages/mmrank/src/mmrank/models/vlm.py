@@ -23,10 +23,11 @@ from typing import Any, Protocol
 
 import torch
 from PIL import Image
-from transformers import StoppingCriteria, StoppingCriteriaList
+from transformers import StoppingCriteriaList
 
 from ..errors import InputError
 from ..inputs.images import image_fingerprint
+from .decoding import TextStop
 from .loading import guarded_load
 from .options import DEFAULT_INSTRUCT_MODEL, LoadOptions, load_model
 from .processing import IMAGE_PAD, ImageFeatures, VisionTextProcessor
@@ -60,19 +61,6 @@ class ChatLike(Protocol):
 
     @property
     def images(self) -> list[Image.Image]: ...
-
-
-class _TextStop(StoppingCriteria):
-    """Stops each row once ``stop(decoded new text)`` holds (rows already stopped stay stopped)."""
-
-    def __init__(self, tokenizer: Any, prompt_width: int, stop: Callable[[str], bool]):
-        self.tokenizer = tokenizer
-        self.start = prompt_width
-        self.stop = stop
-
-    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
-        texts = self.tokenizer.batch_decode(input_ids[:, self.start:], skip_special_tokens=True)
-        return torch.tensor([bool(self.stop(t)) for t in texts], dtype=torch.bool, device=input_ids.device)
 
 
 class InstructVLM:
@@ -187,11 +175,18 @@ class InstructVLM:
 
     @torch.inference_mode()
     def generate(self, inputs: dict[str, torch.Tensor], max_new_tokens: int,
-                 stop: Callable[[str], bool] | None = None, **generate_kwargs: Any) -> list[str]:
+                 stop: Callable[[str], bool] | Sequence[Callable[[str], bool]] | None = None, *,
+                 kv_cache: str = "dynamic", **generate_kwargs: Any) -> list[str]:
         """Greedy generation; returns the decoded continuations (special tokens skipped). Vision tokens
-        are suppressed so that a model cannot emit an image slot. ``stop(text)``: a row stops as soon as it
-        returns True for that row's text so far (checked after every token); ``generate_kwargs`` go to
+        are suppressed so that a model cannot emit an image slot.
+
+        ``stop``: a row stops as soon as ``stop(its text so far)`` is true (one predicate, or one per row;
+        checked after every token, see :class:`~mmrank.models.decoding.TextStop`). ``kv_cache``:
+        ``"dynamic"`` (transformers' default) or ``"static"`` (preallocated for prompt + budget: no cache
+        growth per token; the layout ``torch.compile`` and CUDA graphs need). ``generate_kwargs`` go to
         ``model.generate`` (e.g. ``logits_processor``)."""
+        if kv_cache not in ("dynamic", "static"):
+            raise InputError(f"kv_cache must be 'dynamic' or 'static', got {kv_cache!r}")
         cfg = copy.deepcopy(self.model.generation_config)
         cfg.do_sample = False
         for k in ("temperature", "top_p", "top_k", "min_p", "typical_p"):
@@ -200,16 +195,18 @@ class InstructVLM:
         cfg.max_new_tokens = int(max_new_tokens)
         cfg.num_beams = 1
         cfg.suppress_tokens = self._suppress or None
+        if kv_cache == "static":
+            cfg.cache_implementation = "static"
         if cfg.pad_token_id is None:
             cfg.pad_token_id = self.processor.pad_token_id
         if cfg.eos_token_id is None and self.tokenizer.eos_token_id is not None:
             cfg.eos_token_id = self.tokenizer.eos_token_id
+        width = inputs["input_ids"].shape[1]
         if stop is not None:
             generate_kwargs["stopping_criteria"] = StoppingCriteriaList(
-                [*generate_kwargs.get("stopping_criteria", []), _TextStop(self.tokenizer, inputs["input_ids"].shape[1],
-                                                                          stop)])
+                [*generate_kwargs.get("stopping_criteria", []), TextStop(self.tokenizer, width, stop)])
         out = self.model.generate(**inputs, generation_config=cfg, **generate_kwargs)
-        new = out[:, inputs["input_ids"].shape[1]:].cpu()
+        new = out[:, width:].cpu()
         return self.tokenizer.batch_decode(new, skip_special_tokens=True)
 
     def token_ids(self, text: str) -> list[int]:

@@ -42,11 +42,11 @@ from ..inputs.documents import Document, Query
 from ..inputs.images import DEFAULT_POLICY, ImagePolicy
 from ..models.options import LISTWISE_MAX_PIXELS, MIN_PIXELS, LoadOptions
 from ..models.vlm import DEFAULT_INSTRUCT_MODEL, InstructVLM
+from ..ranking.completion import answer_complete
 from ..ranking.permutation import (
     format_ranking,
     make_identifiers,
     parse_permutation,
-    parse_ranking,
     rank_scores,
     rerank_with_windows,
     sliding_windows,
@@ -79,9 +79,9 @@ Mode = Literal["generate", "single_pass"]
 
 def ranking_complete(text: str, identifiers: Sequence[str]) -> bool:
     """Whether an answer already names every identifier and its last one is closed (``"[3] > [1] > [2]"``
-    for three): generation can stop there — anything after it would be ignored by the parser."""
-    found = {i for i in parse_ranking(text, identifiers) if i >= 0}
-    return len(found) == len(identifiers) and bool(text) and not text[-1].isalnum()
+    for three): generation can stop there — anything after it would be ignored by the parser. The rule is
+    :func:`mmrank.ranking.completion.answer_complete` (bracketed mentions only, think blocks respected)."""
+    return answer_complete(text, identifiers)
 
 
 class ListwiseReranker(VLMImageCheck, Reranker):
@@ -100,6 +100,11 @@ class ListwiseReranker(VLMImageCheck, Reranker):
         prompt: ``"auto"`` (multimodal template when any image is present, else the text template),
             ``"text"``, ``"multimodal"`` or a :class:`ListwisePrompt`.
         max_new_tokens: generation budget per window (default: the length of a full ranking + 8 tokens).
+        stop_early: end a window's decoding as soon as its answer names every identifier in brackets
+            (:func:`~mmrank.ranking.completion.answer_complete`; the parsed ranking is the one a full decode
+            gives, since later mentions are dropped by the repair).
+        kv_cache: ``"static"`` (default: a KV cache preallocated for prompt + budget, no per-token growth)
+            or ``"dynamic"`` (transformers' default cache).
         max_passage_words: passages are cut to this many words (RankGPT: 300); ``None`` keeps them whole.
         min_pixels: smallest per-image budget in pixels (default 56²).
         max_pixels: largest per-image budget in pixels; the default ``256·28·28`` keeps a window of 20 images
@@ -125,6 +130,7 @@ class ListwiseReranker(VLMImageCheck, Reranker):
     def __init__(self, model: str | os.PathLike = DEFAULT_MODEL, *, window_size: int = 20, step: int = 10,
                  mode: Mode = "generate", identifiers: str | Sequence[str] = "auto",
                  prompt: str | ListwisePrompt = "auto", max_new_tokens: int | None = None,
+                 stop_early: bool = True, kv_cache: str = "static",
                  max_passage_words: int | None = 300, min_pixels: int | None = MIN_PIXELS,
                  max_pixels: int | None = LISTWISE_MAX_PIXELS, load: LoadOptions | None = None,
                  on_error: OnError = "last", image_policy: ImagePolicy = DEFAULT_POLICY,
@@ -149,6 +155,10 @@ class ListwiseReranker(VLMImageCheck, Reranker):
         self.identifier_list = make_identifiers(self.identifiers, window_size)  # validates the count
         self.prompt = prompt
         self.max_new_tokens = max_new_tokens
+        if kv_cache not in ("static", "dynamic"):
+            raise InputError(f"kv_cache must be 'static' or 'dynamic', got {kv_cache!r}")
+        self.stop_early = bool(stop_early)
+        self.kv_cache = kv_cache
         self.max_passage_words = max_passage_words
         self.vlm = InstructVLM(model, LoadOptions.merge(load, **load_options), min_pixels=min_pixels,
                                max_pixels=max_pixels, what="listwise scorer")
@@ -225,10 +235,17 @@ class ListwiseReranker(VLMImageCheck, Reranker):
         prompt = self.vlm.render(conv)
         inputs, _ = self.vlm.encode([prompt], [conv.images])
         budget = self.max_new_tokens or len(self.vlm.token_ids(format_ranking(ids))) + 8
-        text = self.vlm.generate(inputs, budget, stop=lambda t: ranking_complete(t, ids))[0]
+        stop = self._stop(prompt, ids) if self.stop_early else None
+        text = self.vlm.generate(inputs, budget, stop, kv_cache=self.kv_cache)[0]
         self.last_responses.append(text)
         logger.debug("mmrank listwise: window of %d -> %r", len(docs), text)
         return parse_permutation(text, ids)
+
+    @staticmethod
+    def _stop(prompt: str, ids: list[str]):
+        """The early-stop predicate of one window (a prompt that opened a think block waits for its end)."""
+        think_open = prompt.rstrip().lower().endswith("<think>")
+        return lambda text: answer_complete(text, ids, think_open=think_open)
 
     def close(self) -> None:
         self.vlm.close()
