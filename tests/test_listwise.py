@@ -145,7 +145,7 @@ def test_generate_applies_parsed_and_repaired_answers(monkeypatch):
     answers = iter(["[4] > [4] > [9] > [1]", "[2] > [1] > [3] > [4]", "garbage"])
     prompts = []
 
-    def scripted(inputs, max_new_tokens, stop=None):
+    def scripted(inputs, max_new_tokens, stop=None, **kw):
         prompts.append(inputs["input_ids"].shape)
         return [next(answers)]
 
