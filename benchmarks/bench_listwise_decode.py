@@ -59,7 +59,13 @@ def main() -> int:
     ap.add_argument("--batch", type=int, default=4, help="windows of different queries per batch (0: skip)")
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--no-warmup", action="store_true", help="skip the untimed call (a big model on a CPU)")
+    ap.add_argument("--skip-budget", action="store_true",
+                    help="leave out the library-budget and dynamic-cache stop rows (a big model on a CPU)")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     rng = random.Random(0)
     queries = [f"which page reports the {w} growth?" for w in ("revenue", "market", "share", "price")]
@@ -84,15 +90,6 @@ def main() -> int:
     forced = vlm.token_ids(answer + CHATTER)
     budget = len(vlm.token_ids(format_ranking(ids))) + 8  # the library's default budget
 
-    def timed(fn, reps=args.reps):
-        fn()  # untimed warm-up
-        out, ts = None, []
-        for _ in range(reps):
-            t = time.perf_counter()
-            out = fn()
-            ts.append(time.perf_counter() - t)
-        return statistics.median(ts), out
-
     def gen(n, stop=None, kv="dynamic", inp=inputs, seqs=None):
         proc = LogitsProcessorList([ForceTokens(seqs or forced)])
         return vlm.generate(inp, n, stop, kv_cache=kv, logits_processor=proc)
@@ -103,39 +100,57 @@ def main() -> int:
         per = seconds / windows
         rows.append({"system": name, "s_per_window": per, "windows": windows, "note": note,
                      "new_tokens": len(vlm.token_ids(text)) if text is not None else None})
-        print(f"{name:58s} {per * 1000:10.1f} ms/window  {note}", flush=True)
+        print(f"{name:66s} {per * 1000:9.1f} ms/window  {note}", flush=True)
 
     print(f"prompt {inputs['input_ids'].shape[1]} tokens, answer {answer_len} tokens, budget {budget}; "
           f"model {args.model} ({sum(p.numel() for p in vlm.model.parameters()) / 1e6:.1f} M params, "
           f"{args.dtype}), loaded in {load_s:.1f} s; torch threads {torch.get_num_threads()}", flush=True)
     stop = scorer._stop(prompt, ids)
-    s, out = timed(lambda: gen(answer_len)[0])
-    assert out == answer, (out, answer)
-    row("plain generate, exact answer length", s, text=out)
-    base = s
-    s, out = timed(lambda: gen(budget)[0])
-    row("plain generate, library budget (answer + 8)", s, text=out)
-    s, out = timed(lambda: gen(budget, stop)[0])
-    assert out == answer and parse_permutation(out, ids) == parse_permutation(answer + CHATTER, ids)
-    row("ours: stop at complete answer (dynamic cache)", s, text=out, note=f"{base / s:.2f}x exact-length plain")
-    s, out = timed(lambda: gen(budget, stop, "static")[0])
-    assert out == answer
-    row("ours: stop at complete answer + static cache (default)", s, text=out,
-        note=f"{base / s:.2f}x exact-length plain")
+    systems = [  # (name, fn, windows per call, expected answer(s))
+        ("plain generate, exact answer length", lambda: gen(answer_len), 1),
+        ("plain generate, library budget (answer + 8)", lambda: gen(budget), 1),
+        ("ours: stop at complete answer (dynamic cache)", lambda: gen(budget, stop), 1),
+        ("ours: stop at complete answer + static cache (default)", lambda: gen(budget, stop, "static"), 1),
+    ]
     if args.batch > 1:
         ws = [window(k) for k in range(args.batch)]
         binp, _ = vlm.encode([w[0] for w in ws], [w[1] for w in ws])
         seqs = [vlm.token_ids(w[3] + CHATTER) for w in ws]
         stops = [scorer._stop(w[0], w[2]) for w in ws]
-        s, out = timed(lambda: gen(budget, stops, "static", binp, seqs))
-        assert [o.strip() for o in out] == [w[3] for w in ws], out
-        row(f"ours: {args.batch} windows of {args.batch} queries in one generate (static, stop)", s, args.batch,
-            text=out[0], note=f"{base / (s / args.batch):.2f}x exact-length plain")
+        systems.append((f"ours: {args.batch} windows of {args.batch} queries in one generate (static, stop)",
+                        lambda: gen(budget, stops, "static", binp, seqs), args.batch))
     sp = ListwiseReranker(args.model, load_format="dummy", device="cpu", dtype=args.dtype, mode="single_pass",
                           window_size=args.window)
-    docs = docsets[0]
-    s, _ = timed(lambda: sp.rank(queries[0], docs))
-    row("single pass (FIRST), whole rank call", s, note=f"{base / s:.2f}x exact-length plain")
+    systems.append(("single pass (FIRST), whole rank call", lambda: sp.rank(queries[0], docsets[0]), 1))
+    # Interleaved: every rep runs each system once, so a load change on a shared machine hits all of them.
+    if args.skip_budget:
+        systems = [x for x in systems if "budget" not in x[0] and "dynamic" not in x[0]]
+    outs, times = {}, {name: [] for name, _, _ in systems}
+    if not args.no_warmup:
+        for name, fn, _ in systems:
+            outs[name] = fn()  # untimed warm-up
+    for _ in range(args.reps):
+        for name, fn, _ in systems:
+            t = time.perf_counter()
+            outs[name] = fn()
+            times[name].append(time.perf_counter() - t)
+            print(f"  {name}: {times[name][-1]:.2f} s", file=sys.stderr, flush=True)
+    # what each system decoded: the stopped rows end at the answer; the parse is the full decode's
+    full_parse = parse_permutation(answer + CHATTER, ids)
+    for name, _fn, nwin in systems:
+        if name.startswith("plain generate, exact"):
+            assert outs[name][0] == answer
+        elif name.startswith("ours") and nwin == 1:
+            assert outs[name][0] == answer and parse_permutation(outs[name][0], ids) == full_parse
+        elif name.startswith("ours"):
+            assert [o.strip() for o in outs[name]] == [w[3] for w in ws]
+    base = statistics.median(times[systems[0][0]])
+    for name, _fn, nwin in systems:
+        s = statistics.median(times[name])
+        out = outs[name]
+        text = out[0] if isinstance(out, list) and out and isinstance(out[0], str) else None
+        row(name, s, nwin, text, note=f"{base / (s / nwin):.2f}x exact-length plain; runs "
+            + ", ".join(f"{t / nwin * 1000:.0f}" for t in times[name]) + " ms")
     result = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
                           "load_avg": os.getloadavg()},
               "model": args.model, "dtype": args.dtype, "window": args.window, "words": args.words,

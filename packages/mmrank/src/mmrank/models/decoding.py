@@ -21,11 +21,15 @@ __all__ = ["TextStop"]
 class TextStop(StoppingCriteria):
     """Stop row ``r`` once ``stops[r](text of its new tokens)`` is true (one predicate for all rows, or one
     per row). ``prompt_width``: the padded prompt length (new tokens start there). Rows already stopped stay
-    stopped; ``steps[r]`` records how many new tokens row ``r`` had when it stopped (``None``: not stopped)."""
+    stopped; ``steps[r]`` records how many new tokens row ``r`` had when it stopped (``None``: not stopped).
+    ``trigger``: the predicate is asked only after a token whose text holds it (default ``"]"``: a listwise
+    answer can only become complete when an identifier closes), so most steps decode nothing."""
 
     def __init__(self, tokenizer: Any, prompt_width: int,
-                 stops: Callable[[str], bool] | Sequence[Callable[[str], bool]]):
+                 stops: Callable[[str], bool] | Sequence[Callable[[str], bool]], *, trigger: str | None = "]"):
         self.tokenizer = tokenizer
+        self.trigger = trigger
+        self._triggers: dict[int, bool] = {}
         self.start = int(prompt_width)
         self.stops = stops
         self.done: torch.Tensor | None = None
@@ -39,7 +43,7 @@ class TextStop(StoppingCriteria):
         if self.done is None or self.done.shape[0] != rows:
             self.done = torch.zeros(rows, dtype=torch.bool)
             self.steps = [None] * rows
-        todo = [r for r in range(rows) if not self.done[r]]
+        todo = [r for r in range(rows) if not self.done[r] and self._may_stop(int(input_ids[r, -1]))]
         if todo:
             texts = self.tokenizer.batch_decode(input_ids[todo, self.start:].cpu(), skip_special_tokens=True)
             for r, text in zip(todo, texts, strict=True):
@@ -47,3 +51,14 @@ class TextStop(StoppingCriteria):
                     self.done[r] = True
                     self.steps[r] = width
         return self.done.to(input_ids.device).clone()
+
+    def _may_stop(self, token: int) -> bool:
+        """Whether the answer can have become complete with this token: only a token that writes
+        ``trigger`` (the ``]`` closing an identifier) can complete a listwise answer, so the row's text is
+        decoded and checked only then (``trigger=None``: after every token)."""
+        if self.trigger is None:
+            return True
+        hit = self._triggers.get(token)
+        if hit is None:
+            hit = self._triggers[token] = self.trigger in self.tokenizer.decode([token])
+        return hit
