@@ -285,7 +285,8 @@ def test_ranking_complete():
     assert not ranking_complete("[2] > [1] > [10", ids)
     assert ranking_complete("[2] > [1] > [10]", ids)
     assert not ranking_complete("[2] > [1] > [2]", ids)
-    assert not ranking_complete("2 > 1 > 10", ids) and ranking_complete("2 > 1 > 10 ", ids)
+    # bare ids never complete an answer: a bracketed ranking written after them would override them
+    assert not ranking_complete("2 > 1 > 10", ids) and not ranking_complete("2 > 1 > 10 ", ids)
 
 
 def test_generation_stops_as_soon_as_the_permutation_is_complete():

@@ -11,6 +11,11 @@ ranking is the one a full decode would give. :func:`answer_complete` decides tha
 * the answer must end outside an identifier (its last character is not part of ``[…]`` still open);
 * nothing inside an open ``<think>`` block counts (a reasoning model's draft is not its answer), and an
   answer whose prompt opened a think block (``think_open=True``) is complete only after ``</think>``.
+
+The guarantee covers every continuation except one that closes a think block nobody opened (a lone
+``</think>`` after the answer makes the parser read everything before it as reasoning); templates that
+open the block in the prompt are the case ``think_open`` handles, and the listwise scorer sets it from the
+rendered prompt.
 """
 
 from __future__ import annotations

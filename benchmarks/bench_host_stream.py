@@ -1,0 +1,113 @@
+"""Host side of the pointwise scorer on full-size pages: how long before the first batch runs (issue 15).
+
+N document pages of 1700x2200 px (PNG files made by code, a scanned-letter size) are ranked by the tiny
+random jina-reranker-m0 on the CPU, where the run is host-bound. Printed: the time of ``prepare`` (every image
+decoded up front today), the time from the call's start to the first model batch, and the total time —
+the numbers the streaming of image decoding into the prefetch pipeline is to improve (time-to-first-batch
+should then be the decode of one batch's images, not of all of them).
+
+    python benchmarks/bench_host_stream.py --n 100 --threads 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+for _p in (ROOT, ROOT / "shared"):
+    if str(_p) not in sys.path:
+        sys.path.insert(0, str(_p))
+
+import torch  # noqa: E402
+from mmrank import Document, JinaRerankerM0  # noqa: E402
+
+SIZE = (1700, 2200)
+WORDS = "revenue report quarter growth chart table figure section method result annual summary".split()
+
+
+def make_pages(folder: Path, n: int) -> list[Path]:
+    from PIL import Image, ImageDraw
+
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(n):
+        p = folder / f"page{i:04d}.png"
+        if not p.exists():
+            rng = random.Random(i)
+            img = Image.new("RGB", SIZE, "white")
+            d = ImageDraw.Draw(img)
+            y = 60
+            while y < SIZE[1] - 80:
+                if rng.random() < 0.1:
+                    h = rng.randint(80, 300)
+                    d.rectangle([80, y, rng.randint(600, 1600), y + h], outline="black",
+                                fill=(rng.randint(120, 255), rng.randint(120, 255), rng.randint(120, 255)))
+                    y += h + 20
+                else:
+                    d.text((80, y), f"{i} " + " ".join(rng.choice(WORDS) for _ in range(rng.randint(8, 20))),
+                           fill="black")
+                    y += 22
+            img.save(p, format="PNG")
+        paths.append(p)
+    return paths
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--n", type=int, default=100)
+    ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--folder", default=os.path.join(tempfile.gettempdir(), "mmrank-bench-pages-1700x2200"))
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    t = time.perf_counter()
+    paths = make_pages(Path(args.folder), args.n)
+    print(f"{args.n} pages of {SIZE[0]}x{SIZE[1]} ready in {time.perf_counter() - t:.1f} s "
+          f"({sum(p.stat().st_size for p in paths) / 1e6:.1f} MB)", flush=True)
+    # no feature cache: every run encodes every page (cold), as a new set of pages would
+    ranker = JinaRerankerM0("tiny", load_format="dummy", device="cpu", dtype="float32", feature_cache_bytes=0)
+    first: list[float] = []
+    real = ranker._forward_prepared
+
+    def spy(prep):
+        if not first:
+            first.append(time.perf_counter())
+        return real(prep)
+
+    ranker._forward_prepared = spy  # type: ignore[method-assign]
+    ranker.rank("warm-up", [Document(text="x")])
+    rows = []
+    for rep in range(2):
+        first.clear()
+        docs = [Document(image=p) for p in paths]  # fresh documents: no decoded image cached on them
+        t0 = time.perf_counter()
+        call = ranker.prepare(f"query {rep}", docs)
+        t_prep = time.perf_counter()
+        ranking = ranker.rank_documents(call.query, call.readable_documents)
+        out = ranker.finish(call, ranking)
+        t_end = time.perf_counter()
+        assert len(out) == args.n and all(r.error is None for r in out)
+        row = {"prepare_s": t_prep - t0, "first_batch_s": first[0] - t0, "total_s": t_end - t0}
+        rows.append(row)
+        print(f"run {rep}: prepare (decode all) {row['prepare_s']:.2f} s, first batch starts at "
+              f"{row['first_batch_s']:.2f} s, total {row['total_s']:.2f} s", flush=True)
+    result = {"n": args.n, "page": SIZE, "rows": rows, "threads": torch.get_num_threads(),
+              "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "load_avg": os.getloadavg()},
+              "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    print(json.dumps(result, indent=1))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
