@@ -25,6 +25,7 @@ Prints one line per row and a JSON object (``--json PATH`` writes it).
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import platform
@@ -41,7 +42,7 @@ for _p in (ROOT, ROOT / "shared"):
 
 import torch  # noqa: E402
 from mmrank import ListwiseReranker  # noqa: E402
-from mmrank.ranking.permutation import format_ranking, parse_permutation  # noqa: E402
+from mmrank.ranking.permutation import format_ranking, make_identifiers, parse_permutation  # noqa: E402
 from mmrank_testkit.answers import ForceTokens  # noqa: E402
 from transformers import LogitsProcessorList  # noqa: E402
 
@@ -119,8 +120,12 @@ def main() -> int:
         stops = [scorer._stop(w[0], w[2]) for w in ws]
         systems.append((f"ours: {args.batch} windows of {args.batch} queries in one generate (static, stop)",
                         lambda: gen(budget, stops, "static", binp, seqs), args.batch))
-    sp = ListwiseReranker(args.model, load_format="dummy", device="cpu", dtype=args.dtype, mode="single_pass",
-                          window_size=args.window)
+    # the single-pass scorer shares the generate scorer's model (a second full-size model would double the
+    # memory): same object, single-pass mode and its letter identifiers
+    sp = copy.copy(scorer)
+    sp.mode, sp.identifiers, sp._plans = "single_pass", "letters", {}
+    sp.identifier_list = make_identifiers("letters", args.window)
+    sp.first_token_plan(args.window)
     systems.append(("single pass (FIRST), whole rank call", lambda: sp.rank(queries[0], docsets[0]), 1))
     # Interleaved: every rep runs each system once, so a load change on a shared machine hits all of them.
     if args.skip_budget:
