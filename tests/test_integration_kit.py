@@ -20,8 +20,8 @@ from mmrank.integration import (
 
 
 def test_modes_and_http_modes():
-    assert MODES == ("pointwise", "listwise", "pairwise", "remote")
-    assert HTTP_MODES == ("remote",)
+    assert MODES == ("pointwise", "listwise", "pairwise", "remote", "chat")
+    assert HTTP_MODES == ("remote", "chat")
 
 
 def test_shared_reranker_conflicts_name_every_setting():

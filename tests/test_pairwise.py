@@ -107,3 +107,14 @@ def test_unreadable_document_and_factory():
     ranked = r.rank(QUERY, ["a", {"image": "/nonexistent/x.png", "id": "gone"}, "b"])
     assert ranked[-1].index == 1 and ranked[-1].score is None and "gone" in ranked[-1].error
     assert r.rank(QUERY, []) == []
+
+
+def test_an_empty_text_document_is_scored_as_empty_text_not_an_error():
+    """``Document(text="")`` is a text document (LlamaIndex and Haystack send "" for empty nodes): the pairwise
+    prompt shows its (empty) text line and scores it, as it does any other text document."""
+    rr = _reranker("qwen2_vl")
+    out = rr.rank("what is shown?", [Document(text="", id="empty"), "a red square"], on_error="raise")
+    assert sorted(r.index for r in out) == [0, 1]
+    assert all(r.score is not None and r.error is None for r in out)
+    assert "Query: q\nDocument Text: \nDocument Image" not in rr.vlm.render(rr.conversation("q", Document(text="")))
+    assert "Query: q\nDocument Text: \nIs this document relevant" in rr.vlm.render(rr.conversation("q", Document(text="")))

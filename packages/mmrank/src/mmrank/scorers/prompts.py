@@ -326,10 +326,20 @@ class PairwisePrompt:
     def cannot_show(self, document: Document) -> str | None:
         """Why this template cannot show anything of ``document`` (e.g. a text-only document under an
         image-only template), or ``None``."""
-        if (document.has_text and self.shows("text")) or (document.has_image and self.shows("image")):
+        parts = _parts_of(document)
+        if any(self.shows(part) for part in parts):
             return None
-        what = "text" if document.has_text else "image"
+        what = "text" if "text" in parts else "image"
         return f"the pairwise prompt {self.name!r} has no place for a document's {what}, and this document has only {what}"
+
+
+def _parts_of(document: Document) -> set[str]:
+    """The parts a document shows: its text (also an empty text, ``Document(text="")``, which is a text document
+    scored like the reference scores it) and its image."""
+    parts = {"text"} if document.has_text or document.modality == "text" else set()
+    if document.has_image:
+        parts.add("image")
+    return parts
 
 
 #: Rank-Nexus, Table 8, "Image-based Pairwise Reranking".
@@ -367,9 +377,10 @@ def pairwise_conversation(query: Query, document: Document, template: PairwisePr
         raise InputError(gap)
     qtext = clean(cut_words(query.text or "", max_query_words)) if query.has_text else ""
     values: dict[str, Any] = {"query": _query_parts(query, qtext, image_policy)}
-    if document.has_text:
+    parts = _parts_of(document)
+    if "text" in parts:
         values["text"] = clean(cut_words(document.text or "", max_doc_words))
-    if document.has_image:
+    if "image" in parts:
         values["image"] = document.load_image(image_policy)
     lines = [fill(s, **values) for s in template.segments if placeholders(s) <= set(values) | {"query"}]
     conv = Conversation()
