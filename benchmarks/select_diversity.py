@@ -9,7 +9,6 @@ import argparse
 import time
 
 import torch
-
 from mmrank.train.select import greedy_max_diversity
 
 

@@ -140,3 +140,27 @@ class OracleTeacher(PointwiseReranker):
                 raise KeyError(f"oracle: unknown document id {d.id!r}")
             out.append(1.0 if self.attributes[d.id]["colour"] in wanted else 0.0)
         return out
+
+
+def tiny_clip_dir(out: str | Path) -> Path:
+    """A tiny random ``CLIPModel`` (with the test kit's BPE tokenizer and a 56-px image processor) saved
+    under ``out``: the real transformers classes ``mmrank select`` uses, offline."""
+    import torch
+    from mmrank.models.dummy import train_tokenizer
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
+
+    out = Path(out)
+    if (out / "config.json").exists():
+        return out
+    out.mkdir(parents=True, exist_ok=True)
+    tok = train_tokenizer(out)
+    cfg = CLIPConfig(text_config=dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                      num_attention_heads=2, max_position_embeddings=64,
+                                      pad_token_id=tok.pad_token_id, bos_token_id=0, eos_token_id=tok.eos_token_id),
+                     vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                                        image_size=56, patch_size=14),
+                     projection_dim=16)
+    torch.manual_seed(0)
+    CLIPModel(cfg).save_pretrained(out)
+    CLIPImageProcessor(size={"shortest_edge": 56}, crop_size={"height": 56, "width": 56}).save_pretrained(out)
+    return out

@@ -87,8 +87,9 @@ class ClipEmbedder:
 
     @torch.inference_mode()
     def texts(self, texts: Sequence[str]) -> torch.Tensor:
-        kw = {"padding": "max_length", "max_length": 64} if self.siglip else {"padding": True}
-        enc = self.tokenizer(list(texts), truncation=True, return_tensors="pt", **kw).to(self.device)
+        limit = int(getattr(getattr(self.model.config, "text_config", None), "max_position_embeddings", 64) or 64)
+        kw = {"padding": "max_length"} if self.siglip else {"padding": True}
+        enc = self.tokenizer(list(texts), truncation=True, max_length=limit, return_tensors="pt", **kw).to(self.device)
         f = self._tensor(self.model.get_text_features(**enc)).float().cpu()
         return torch.nn.functional.normalize(f, dim=-1)
 

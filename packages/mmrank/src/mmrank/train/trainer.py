@@ -73,6 +73,7 @@ class Stage:
     epochs: float = 3.0
     max_steps: int = -1
     learning_rate: float | None = None
+    batch_size: int | None = None
 
     def check(self) -> None:
         if self.kind not in STAGE_KINDS:
@@ -439,7 +440,7 @@ def train_stage(stage: Stage, cfg: TrainConfig, previous: str | None = None) -> 
     strategy = "steps" if cfg.eval_steps else "epoch"
     has_val = bool(val)
     args = TrainingArguments(
-        output_dir=str(ckpt_dir), per_device_train_batch_size=cfg.batch_size,
+        output_dir=str(ckpt_dir), per_device_train_batch_size=stage.batch_size or cfg.batch_size,
         gradient_accumulation_steps=cfg.grad_accum, learning_rate=stage.learning_rate or cfg.learning_rate,
         lr_scheduler_type=cfg.lr_scheduler, warmup_steps=cfg.warmup_ratio, num_train_epochs=stage.epochs,
         max_steps=stage.max_steps, weight_decay=cfg.weight_decay, logging_steps=cfg.logging_steps,
