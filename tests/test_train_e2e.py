@@ -8,6 +8,7 @@ documents (a fixed identifier preference, a broken trainer) scores 0.71 in expec
 lists put 0.90 more than 4 standard deviations above that.
 """
 
+import base64
 import json
 
 import pytest
@@ -111,7 +112,8 @@ def test_identifier_scores_in_training_are_the_single_pass_numbers(pipeline, mon
         n = len(ex.indices)
         row = train_scores[examples.index(ex), :n].tolist()
         assert row == pytest.approx(captured[0], abs=1e-5), (row, captured[0])
-    # a window alone (no padding) gives the same numbers bit for bit
+    # a window alone (no padding): the training sequence only adds the answer after the score position, so
+    # the numbers agree to float32 rounding of the attention kernels
     single = encode_listwise(scorer, examples[:1])
     with torch.no_grad():
         alone, _ = listwise_identifier_scores(scorer.vlm.model, single)
@@ -119,7 +121,7 @@ def test_identifier_scores_in_training_are_the_single_pass_numbers(pipeline, mon
     captured.clear()
     docs = examples[0].record.documents()
     inf.rank(examples[0].record.query(), [docs[i] for i in examples[0].indices])
-    assert alone[0].tolist() == captured[0]
+    assert alone[0].tolist() == pytest.approx(captured[0], abs=1e-6)
 
 
 def test_the_adapter_loads_by_path_in_every_entry_point(pipeline, tmp_path, capsys):
@@ -155,7 +157,8 @@ def test_the_adapter_loads_by_path_in_every_entry_point(pipeline, tmp_path, caps
     # the server
     with TestClient(create_app(via_factory, ServerConfig(), mode="listwise")) as client:
         payload = {"query": rl.query_text, "documents": [
-            {"text": c.text, "image": str(rl.resolve(c.image))} for c in rl.candidates]}
+            {"text": c.text, "image": base64.b64encode(open(rl.resolve(c.image), "rb").read()).decode()}
+            for c in rl.candidates]}
         out = client.post("/v1/rerank", json=payload)
         assert out.status_code == 200, out.text
         assert [r["index"] for r in out.json()["results"]] == [r.index for r in direct.rank(query, docs)]
