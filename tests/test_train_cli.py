@@ -82,3 +82,13 @@ def test_pairwise_training_loss_reads_the_pairwise_score(task, tmp_path):
     expected = -sum(torch.log(torch.tensor(p if e.label else 1 - p)) for p, e in zip(p_yes, exs, strict=True)) / len(exs)
     assert float(yes_no_loss(logits, scorer.yes_id, scorer.no_id, batch["pair_labels"])) == \
         pytest.approx(float(expected), abs=1e-5)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on machines without CUDA")
+def test_8bit_qlora_without_cuda_is_a_clear_error(task, tmp_path, capsys):
+    from mmrank.train.distill import distill
+
+    recs = distill(task.oracle(), task.train, tmp_path / "r.jsonl", show_progress=False)
+    assert main(["train", "--model", str(tiny_model_dir("lm")), "--output", str(tmp_path / "run"), "--device", "cpu",
+                 "--load-in-8bit", "--stage", f"s:listwise:any:{recs}"]) == 1
+    assert "load_in_8bit (QLoRA) needs a CUDA GPU" in capsys.readouterr().err

@@ -364,7 +364,7 @@ def _check_8bit() -> None:
     try:
         import bitsandbytes  # noqa: F401
     except ImportError:
-        raise InputError("load_in_8bit (QLoRA) needs bitsandbytes: pip install bitsandbytes") from None
+        raise InputError("load_in_8bit (QLoRA) needs bitsandbytes: pip install 'mmrank[qlora]'") from None
 
 
 def _wrap_peft(scorer: Any, cfg: TrainConfig, previous: str | None) -> Any:
