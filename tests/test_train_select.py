@@ -39,13 +39,15 @@ def test_ties_go_to_the_smallest_index():
     # items 1, 2, 3 are all orthogonal to item 0 → tie at step 2, smallest index wins; 2 and 3 are copies
     emb = [[1, 0, 0], [0, 1, 0], [0, 0, 1], [0, 0, 1]]
     assert greedy_max_diversity(emb, 4) == [0, 1, 2, 3] == brute_force(emb, 4)
-    assert greedy_max_diversity(emb, 3, start=3) == [3, 1, 0] == brute_force(emb, 3, start=3)
+    assert greedy_max_diversity(emb, 3, start=3) == [3, 0, 1] == brute_force(emb, 3, start=3)
 
 
-def test_duplicates_are_picked_last_and_scale_does_not_matter():
+def test_average_not_maximum_similarity_and_scale_does_not_matter():
+    # after 0 and its opposite 3, the copy of 0 (item 1) averages cos 1 and −0.995 → 0.0025, below item 2's
+    # 0.05: Algorithm 1 takes the *average*, so a duplicate can come before a new direction
     emb = torch.tensor([[1.0, 0.0], [5.0, 0.0], [0.0, 1.0], [-1.0, 0.1]])
-    assert greedy_max_diversity(emb, 3) == [0, 3, 2]
-    assert greedy_max_diversity(emb * 7, 3) == [0, 3, 2]
+    assert greedy_max_diversity(emb, 3) == [0, 3, 1] == brute_force(emb.tolist(), 3)
+    assert greedy_max_diversity(emb * 7, 4) == greedy_max_diversity(emb, 4) == brute_force(emb.tolist(), 4)
 
 
 def test_arguments_are_checked():

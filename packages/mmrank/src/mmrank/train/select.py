@@ -11,7 +11,8 @@
 
 :func:`greedy_max_diversity` keeps a running sum ``Σ_{i∈S} ê_i`` of the selected unit vectors, so the
 average cosine of every candidate to ``S`` is ``(ê_j · sum) / |S|``: one step costs O(N·d), the whole
-selection O(k·N·d), instead of O(N·|S|·d) per step. **Start and ties**: ``S`` starts with item
+selection O(k·N·d), instead of O(N·|S|·d) per step (in practice one streaming pass over the
+embedding matrix per step, bound by memory bandwidth). **Start and ties**: ``S`` starts with item
 ``start`` (default 0, Algorithm 1's ``v₁``); when several candidates share the lowest average similarity
 the one with the smallest index wins (``argmin``'s first-occurrence rule).
 """
@@ -43,18 +44,15 @@ def greedy_max_diversity(embeddings: Any, k: int, *, start: int = 0) -> list[int
     norms = e.norm(dim=1, keepdim=True)
     e = torch.where(norms > 0, e / norms.clamp_min(1e-12), torch.zeros_like(e))
     chosen = [start]
-    taken = torch.zeros(n, dtype=torch.bool)
-    taken[start] = True
-    running = e[start].clone()
-    sims = torch.empty(n, dtype=torch.float32)
-    for size in range(1, k):
-        torch.mv(e, running, out=sims)             # Σ_{i∈S} cos(e_j, e_i) for every j: O(N·d)
-        sims.div_(size)
-        sims.masked_fill_(taken, float("inf"))
-        j = int(torch.argmin(sims))                # first minimum on ties
+    # total[j] = Σ_{i∈S} cos(e_j, e_i), the running sum (the average is total / |S|, the same argmin);
+    # selected items are set to +inf, which no later addition changes.
+    total = torch.mv(e, e[start])
+    total[start] = float("inf")
+    for _ in range(1, k):
+        j = int(torch.argmin(total))               # first minimum on ties
         chosen.append(j)
-        taken[j] = True
-        running.add_(e[j])
+        total.addmv_(e, e[j])                      # one matrix–vector product per step: O(N·d)
+        total[j] = float("inf")
     return chosen
 
 
