@@ -55,13 +55,13 @@ def test_distill_select_train_commands(task, tmp_path, capsys):
 
 def test_bad_stage_and_records_fail_with_the_name(task, tmp_path, capsys):
     lm = str(tiny_model_dir("lm"))
-    assert main(["train", "--model", lm, "--output", str(tmp_path), "--stage", "s1:pointwise:any:x.jsonl"]) == 1
+    assert main(["train", "--model", lm, "--output", str(tmp_path), "--stage", "s1:pointwise:any:x.jsonl"]) == 2
     assert "stage 's1': unknown stage kind 'pointwise'" in capsys.readouterr().err
     bad = tmp_path / "bad.jsonl"
     obj = json.loads(task.train.read_text().splitlines()[0])
     obj.update(id="r-1", teacher_permutation=[0, 1, 1])
     bad.write_text(json.dumps(obj) + "\n")
-    assert main(["train", "--model", lm, "--output", str(tmp_path), "--stage", f"s1:listwise:any:{bad}"]) == 1
+    assert main(["train", "--model", lm, "--output", str(tmp_path), "--stage", f"s1:listwise:any:{bad}"]) == 2
     assert "(id='r-1'): teacher_permutation [0, 1, 1] is not a permutation" in capsys.readouterr().err
 
 
@@ -90,5 +90,5 @@ def test_8bit_qlora_without_cuda_is_a_clear_error(task, tmp_path, capsys):
 
     recs = distill(task.oracle(), task.train, tmp_path / "r.jsonl", show_progress=False)
     assert main(["train", "--model", str(tiny_model_dir("lm")), "--output", str(tmp_path / "run"), "--device", "cpu",
-                 "--load-in-8bit", "--stage", f"s:listwise:any:{recs}"]) == 1
+                 "--load-in-8bit", "--stage", f"s:listwise:any:{recs}"]) == 2
     assert "load_in_8bit (QLoRA) needs a CUDA GPU" in capsys.readouterr().err

@@ -13,15 +13,17 @@ import json
 import sys
 from typing import Any
 
+from ..scorers.factory import MODES
+
 
 def add_commands(sub: Any) -> None:
     """Add the three subcommands to the ``mmrank`` parser's subparsers."""
     d = sub.add_parser("distill", help="rank input lists with a teacher reranker and write distilled records")
     d.add_argument("lists", help="input lists (JSONL: query, candidates, optional labels)")
     d.add_argument("-o", "--output", required=True, help="records JSONL (appended to; reruns resume)")
-    d.add_argument("--teacher-mode", default="pointwise", choices=["pointwise", "listwise", "pairwise", "remote"])
+    d.add_argument("--teacher-mode", default="pointwise", choices=MODES)
     d.add_argument("--teacher-model", default=None, help="teacher model id / folder (remote: served model name)")
-    d.add_argument("--url", default=None, help="remote teacher: rerank API URL")
+    d.add_argument("--url", default=None, help="remote / chat teacher: API URL")
     d.add_argument("--device", default=None)
     d.add_argument("--load-format", default="auto", choices=["auto", "dummy"])
     d.add_argument("--concurrency", type=int, default=1, help="lists in flight at once (remote teachers)")
@@ -66,7 +68,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
     from .distill import distill
 
     kw: dict[str, Any] = {}
-    if args.teacher_mode == "remote":
+    if args.teacher_mode in ("remote", "chat"):
         if args.url:
             kw["url"] = args.url
     else:

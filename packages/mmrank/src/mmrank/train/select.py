@@ -63,9 +63,9 @@ class ClipEmbedder:
     def __init__(self, model: str, *, device: Any = None):
         from transformers import AutoImageProcessor, AutoModel, AutoTokenizer
 
-        from ..models.loading import guarded_load, pick_device
+        from ..models.loading import guarded_load
 
-        self.device = pick_device(device)
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model = guarded_load(model, lambda: AutoModel.from_pretrained(model)).to(self.device).eval()
         if not (hasattr(self.model, "get_text_features") and hasattr(self.model, "get_image_features")):
             raise ValueError(f"{model} is not a CLIP-style dual encoder (CLIPModel / SiglipModel)")

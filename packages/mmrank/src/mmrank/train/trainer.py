@@ -480,6 +480,9 @@ def save_adapter(scorer: Any, model: Any, folder: Path, cfg: TrainConfig, stage:
         conf = json.load(f)
     conf["base_model_name_or_path"] = str(cfg.model)
     (folder / "adapter_config.json").write_text(json.dumps(conf, indent=2))
+    marker = Path(str(cfg.model)) / "MMRANK_DUMMY"
+    if marker.is_file():  # random-weights base: the adapter warns the same way when it is loaded
+        shutil.copy(marker, folder / "MMRANK_DUMMY")
     info = {"stage": asdict(stage), "config": {k: v for k, v in asdict(cfg).items() if k != "extra_args"}}
     (folder / "mmrank_training.json").write_text(json.dumps(info, indent=2, default=str))
 
