@@ -50,6 +50,8 @@ def add_commands(sub: Any) -> None:
     t.add_argument("--lr", type=float, default=1e-5)
     t.add_argument("--lora-r", type=int, default=8)
     t.add_argument("--lora-alpha", type=int, default=8)
+    t.add_argument("--modules-to-save", default=None, metavar="A,B",
+                   help="modules trained in full besides LoRA, e.g. lm_head,embed_tokens (default: none)")
     t.add_argument("--batch-size", type=int, default=4)
     t.add_argument("--grad-accum", type=int, default=4)
     t.add_argument("--max-steps", type=int, default=-1, help="per stage (overrides epochs)")
@@ -117,7 +119,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                       lora_alpha=args.lora_alpha, batch_size=args.batch_size, grad_accum=args.grad_accum,
                       window_size=args.window_size, tau=args.tau, lm_weight=args.lm_weight,
                       load_in_8bit=args.load_in_8bit, gradient_checkpointing=not args.no_gradient_checkpointing,
-                      device=args.device)
+                      device=args.device,
+                      modules_to_save=tuple(args.modules_to_save.split(",")) if args.modules_to_save else None)
     adapter = train_curriculum(stages, cfg, start_adapter=args.start_adapter)
     result = {"adapter": str(adapter)}
     if args.merge:
