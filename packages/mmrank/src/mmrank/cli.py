@@ -391,6 +391,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=None, passthrough="serve")
     e = sub.add_parser("eval", help="nDCG / Recall / MRR of runs against qrels, side by side", add_help=False)
     e.set_defaults(func=None, passthrough="eval")
+    from .train.cli import add_commands as add_train_commands  # distill, select, train (issue 12)
+
+    add_train_commands(sub)
     return parser
 
 

@@ -25,7 +25,7 @@ import torch
 from PIL import Image
 from transformers import StoppingCriteriaList
 
-from ..errors import InputError
+from ..errors import InputError, ModelLoadError
 from ..inputs.images import image_fingerprint
 from .decoding import TextStop
 from .loading import guarded_load
@@ -82,7 +82,8 @@ class InstructVLM:
         options = LoadOptions.merge(load, **load_options)
         loaded = load_model(
             model, options, head="lm", what=what,
-            load=lambda path, kw: AutoModelForImageTextToText.from_pretrained(path, **kw),
+            load=lambda path, kw: (load_adapter_model(path, kw) if is_adapter_folder(path)
+                                   else AutoModelForImageTextToText.from_pretrained(path, **kw)),
             build_random=lambda config: AutoModelForImageTextToText.from_config(config, dtype=torch.get_default_dtype()))
         self.options = options
         self.model = loaded.model
@@ -91,6 +92,9 @@ class InstructVLM:
         self.device = loaded.device
         self.dtype = loaded.dtype
         path, kw = loaded.path, loaded.hub
+        #: whether ``model`` is a LoRA adapter folder (mmrank train) and the base model it names
+        self.is_adapter = options.load_format != "dummy" and is_adapter_folder(path)
+        self.base_model = adapter_base(path) if self.is_adapter else path
         self.processor = guarded_load(path, lambda: VisionTextProcessor.from_pretrained(
             path, min_pixels=min_pixels, max_pixels=max_pixels, **kw))
         self.tokenizer = self.processor.tokenizer
@@ -220,3 +224,35 @@ class InstructVLM:
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
 
+
+def adapter_base(folder: str) -> str:
+    """The base model an adapter folder names (``base_model_name_or_path`` of ``adapter_config.json``)."""
+    try:
+        with open(os.path.join(folder, "adapter_config.json"), encoding="utf-8") as f:
+            base = json.load(f).get("base_model_name_or_path")
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"cannot read the adapter config of {folder}: {exc}") from exc
+    if not base:
+        raise ModelLoadError(f"{folder}/adapter_config.json names no base_model_name_or_path")
+    return str(base)
+
+
+def is_adapter_folder(path: str) -> bool:
+    """A local folder holding a PEFT adapter (``adapter_config.json``), as ``mmrank train`` writes."""
+    return os.path.isfile(os.path.join(str(path), "adapter_config.json"))
+
+
+def load_adapter_model(folder: str, kw: dict[str, Any]) -> Any:
+    """The base model named by the adapter in ``folder`` (loaded with the same ``from_pretrained`` keywords)
+    plus the LoRA adapter, merged: inference runs at the base model's speed. Needs ``peft``
+    (``pip install 'mmrank[train]'``)."""
+    from transformers import AutoModelForImageTextToText
+
+    try:
+        from peft import PeftModel
+    except ImportError:
+        raise ModelLoadError(f"{folder} is a LoRA adapter; loading it needs peft: pip install 'mmrank[train]'") from None
+    base = adapter_base(folder)
+    model = guarded_load(base, lambda: AutoModelForImageTextToText.from_pretrained(base, **kw))
+    model = guarded_load(folder, lambda: PeftModel.from_pretrained(model, folder))
+    return model.merge_and_unload()

@@ -434,15 +434,21 @@ class FirstTokenPlan:
 
     def scores(self, logits: torch.Tensor) -> list[float]:
         """Per-identifier scores from the last ``keep`` positions' logits ``(keep, vocab)``."""
+        return [float(x) for x in self.score_tensor(logits)]
+
+    def score_tensor(self, logits: torch.Tensor) -> torch.Tensor:
+        """:meth:`scores` as a differentiable tensor: ``(..., keep, vocab)`` logits → ``(..., n)`` scores.
+        Training (:mod:`mmrank.train`) reads the identifier scores of its loss through this, so they are the
+        numbers single-pass inference ranks by."""
+        ids = torch.tensor(self.token_ids, device=logits.device)
         if self.keep == 1:
-            row = logits[-1]
-            return [float(row[t]) for t in self.token_ids]
+            return logits[..., -1, :].index_select(-1, ids)
         # Mixed tokenization: compare log P(answer starts with "[x") under the canonical tokens of "[x".
-        before = torch.log_softmax(logits[-2].float(), dim=-1)
-        after = torch.log_softmax(logits[-1].float(), dim=-1)
-        opener = float(before[self.opener_ids[0]])
-        return [float(before[t]) if k == "merged" else opener + float(after[t])
-                for t, k in zip(self.token_ids, self.kinds, strict=True)]
+        before = torch.log_softmax(logits[..., -2, :].float(), dim=-1)
+        after = torch.log_softmax(logits[..., -1, :].float(), dim=-1)
+        merged = torch.tensor([k == "merged" for k in self.kinds], device=logits.device)
+        split = before[..., self.opener_ids[0]:self.opener_ids[0] + 1] + after.index_select(-1, ids)
+        return torch.where(merged, before.index_select(-1, ids), split)
 
 
 def first_token_plan(token_ids: Callable[[str], list[int]], tokens: Callable[[Sequence[int]], list[str]],

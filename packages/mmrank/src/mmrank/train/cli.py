@@ -1,0 +1,129 @@
+"""``mmrank distill`` / ``mmrank select`` / ``mmrank train`` (registered by :func:`add_commands`).
+
+    mmrank distill lists.jsonl -o records.jsonl --teacher-mode pointwise --teacher-model jinaai/jina-reranker-m0
+    mmrank select records.jsonl -o selected.jsonl --top-confidence 4000 --k 2100 --clip-model openai/clip-vit-base-patch32
+    mmrank train --model Qwen/Qwen2-VL-2B-Instruct --output runs/mine \\
+        --stage text-listwise:listwise:text:selected.jsonl --stage mixed:listwise:any:selected.jsonl --val val.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from ..scorers.factory import MODES
+
+
+def add_commands(sub: Any) -> None:
+    """Add the three subcommands to the ``mmrank`` parser's subparsers."""
+    d = sub.add_parser("distill", help="rank input lists with a teacher reranker and write distilled records")
+    d.add_argument("lists", help="input lists (JSONL: query, candidates, optional labels)")
+    d.add_argument("-o", "--output", required=True, help="records JSONL (appended to; reruns resume)")
+    d.add_argument("--teacher-mode", default="pointwise", choices=MODES)
+    d.add_argument("--teacher-model", default=None, help="teacher model id / folder (remote: served model name)")
+    d.add_argument("--url", default=None, help="remote / chat teacher: API URL")
+    d.add_argument("--device", default=None)
+    d.add_argument("--load-format", default="auto", choices=["auto", "dummy"])
+    d.add_argument("--concurrency", type=int, default=1, help="lists in flight at once (remote teachers)")
+    d.add_argument("--quiet", action="store_true", help="no progress bar")
+    d.set_defaults(func=cmd_distill)
+
+    s = sub.add_parser("select", help="quality filter + confidence top-k + greedy max-diversity selection")
+    s.add_argument("records", help="distilled records JSONL")
+    s.add_argument("-o", "--output", required=True)
+    s.add_argument("--k", type=int, default=None, help="records to keep by diversity (Algorithm 1)")
+    s.add_argument("--top-confidence", type=int, default=None, help="keep the N most confident records first")
+    s.add_argument("--min-similarity", type=float, default=None,
+                   help="CLIP cosine(query text, teacher's top image) threshold")
+    s.add_argument("--clip-model", default=None, help="CLIP / SigLIP checkpoint (needed for --k/--min-similarity)")
+    s.set_defaults(func=cmd_select)
+
+    t = sub.add_parser("train", help="LoRA-train a listwise reranker through a curriculum of stages")
+    t.add_argument("--model", required=True, help="base Qwen-VL instruct model (hub id or folder)")
+    t.add_argument("--output", required=True, help="output folder (one subfolder per stage)")
+    t.add_argument("--stage", action="append", required=True, metavar="NAME:KIND:MODALITY:RECORDS[:EPOCHS]",
+                   help="a stage, in curriculum order; KIND listwise|pairwise, MODALITY any|text|image|mixed")
+    t.add_argument("--val", default=None, help="validation lists with labels (early stopping on nDCG@10)")
+    t.add_argument("--start-adapter", default=None, help="adapter to start the first stage from")
+    t.add_argument("--lr", type=float, default=1e-5)
+    t.add_argument("--lora-r", type=int, default=8)
+    t.add_argument("--lora-alpha", type=int, default=8)
+    t.add_argument("--modules-to-save", default=None, metavar="A,B",
+                   help="modules trained in full besides LoRA, e.g. lm_head,embed_tokens (default: none)")
+    t.add_argument("--batch-size", type=int, default=4)
+    t.add_argument("--grad-accum", type=int, default=4)
+    t.add_argument("--max-steps", type=int, default=-1, help="per stage (overrides epochs)")
+    t.add_argument("--window-size", type=int, default=20)
+    t.add_argument("--tau", type=float, default=0.1)
+    t.add_argument("--lm-weight", type=float, default=0.1)
+    t.add_argument("--load-in-8bit", action="store_true", help="QLoRA (CUDA + bitsandbytes)")
+    t.add_argument("--no-gradient-checkpointing", action="store_true")
+    t.add_argument("--device", default=None)
+    t.add_argument("--merge", default=None, metavar="FOLDER", help="also write the merged model here")
+    t.set_defaults(func=cmd_train)
+
+
+def cmd_distill(args: argparse.Namespace) -> int:
+    from ..scorers.factory import load_reranker
+    from .distill import distill
+
+    kw: dict[str, Any] = {}
+    if args.teacher_mode in ("remote", "chat"):
+        if args.url:
+            kw["url"] = args.url
+    else:
+        kw["device"] = args.device
+        if args.load_format != "auto":
+            kw["load_format"] = args.load_format
+    teacher = load_reranker(args.teacher_mode, args.teacher_model, **kw)
+    out = distill(teacher, args.lists, args.output, concurrency=args.concurrency, show_progress=not args.quiet)
+    print(f"mmrank distill: records in {out}", file=sys.stderr)
+    return 0
+
+
+def cmd_select(args: argparse.Namespace) -> int:
+    from .select import ClipEmbedder, select_file
+
+    embedder = ClipEmbedder(args.clip_model) if args.clip_model else None
+    chosen = select_file(args.records, args.output, k=args.k, top_confidence=args.top_confidence,
+                         min_similarity=args.min_similarity, embedder=embedder)
+    print(f"mmrank select: {len(chosen)} records in {args.output}", file=sys.stderr)
+    return 0
+
+
+def parse_stage(spec: str, val: str | None, max_steps: int) -> Any:
+    from ..errors import InputError
+    from .trainer import Stage
+
+    parts = spec.split(":")
+    if len(parts) not in (4, 5):
+        raise InputError(f"--stage {spec!r}: expected NAME:KIND:MODALITY:RECORDS[:EPOCHS]")
+    name, kind, modality, records = parts[:4]
+    try:
+        epochs = float(parts[4]) if len(parts) == 5 else 3.0
+    except ValueError:
+        raise InputError(f"--stage {spec!r}: epochs must be a number") from None
+    stage = Stage(name=name, kind=kind, train=records, val=val, modality=modality, epochs=epochs,
+                  max_steps=max_steps)
+    stage.check()
+    return stage
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .trainer import TrainConfig, merge_adapter, train_curriculum
+
+    stages = [parse_stage(s, args.val, args.max_steps) for s in args.stage]
+    cfg = TrainConfig(model=args.model, output_dir=args.output, learning_rate=args.lr, lora_r=args.lora_r,
+                      lora_alpha=args.lora_alpha, batch_size=args.batch_size, grad_accum=args.grad_accum,
+                      window_size=args.window_size, tau=args.tau, lm_weight=args.lm_weight,
+                      load_in_8bit=args.load_in_8bit, gradient_checkpointing=not args.no_gradient_checkpointing,
+                      device=args.device,
+                      modules_to_save=tuple(args.modules_to_save.split(",")) if args.modules_to_save else None)
+    adapter = train_curriculum(stages, cfg, start_adapter=args.start_adapter)
+    result = {"adapter": str(adapter)}
+    if args.merge:
+        result["merged"] = str(merge_adapter(adapter, args.merge))
+    print(json.dumps(result))
+    return 0
