@@ -21,18 +21,20 @@ def add_commands(sub: Any) -> None:
     d = sub.add_parser("distill", help="rank input lists with a teacher reranker and write distilled records")
     d.add_argument("lists", help="input lists (JSONL: query, candidates, optional labels)")
     d.add_argument("-o", "--output", required=True, help="records JSONL (appended to; reruns resume)")
-    d.add_argument("--teacher-mode", default="pointwise", choices=MODES)
+    d.add_argument("--teacher-mode", default="pointwise", choices=MODES,
+                   help="which mmrank scorer is the teacher (default: pointwise jina-reranker-m0)")
     d.add_argument("--teacher-model", default=None, help="teacher model id / folder (remote: served model name)")
     d.add_argument("--url", default=None, help="remote / chat teacher: API URL")
-    d.add_argument("--device", default=None)
-    d.add_argument("--load-format", default="auto", choices=["auto", "dummy"])
+    d.add_argument("--device", default=None, help="local teachers: torch device (default: cuda if available, else cpu)")
+    d.add_argument("--load-format", default="auto", choices=["auto", "dummy"],
+                   help="dummy: the real architecture with random weights (smoke tests; its orderings mean nothing)")
     d.add_argument("--concurrency", type=int, default=1, help="lists in flight at once (remote teachers)")
     d.add_argument("--quiet", action="store_true", help="no progress bar")
     d.set_defaults(func=cmd_distill)
 
     s = sub.add_parser("select", help="quality filter + confidence top-k + greedy max-diversity selection")
     s.add_argument("records", help="distilled records JSONL")
-    s.add_argument("-o", "--output", required=True)
+    s.add_argument("-o", "--output", required=True, help="selected records JSONL (written anew)")
     s.add_argument("--k", type=int, default=None, help="records to keep by diversity (Algorithm 1)")
     s.add_argument("--top-confidence", type=int, default=None, help="keep the N most confident records first")
     s.add_argument("--min-similarity", type=float, default=None,
@@ -47,20 +49,23 @@ def add_commands(sub: Any) -> None:
                    help="a stage, in curriculum order; KIND listwise|pairwise, MODALITY any|text|image|mixed")
     t.add_argument("--val", default=None, help="validation lists with labels (early stopping on nDCG@10)")
     t.add_argument("--start-adapter", default=None, help="adapter to start the first stage from")
-    t.add_argument("--lr", type=float, default=1e-5)
-    t.add_argument("--lora-r", type=int, default=8)
-    t.add_argument("--lora-alpha", type=int, default=8)
+    t.add_argument("--lr", type=float, default=1e-5, help="learning rate (paper: 1e-5, cosine schedule, 3%% warm-up)")
+    t.add_argument("--lora-r", type=int, default=8, help="LoRA rank (paper: 8)")
+    t.add_argument("--lora-alpha", type=int, default=8, help="LoRA alpha (paper: 8)")
     t.add_argument("--modules-to-save", default=None, metavar="A,B",
                    help="modules trained in full besides LoRA, e.g. lm_head,embed_tokens (default: none)")
-    t.add_argument("--batch-size", type=int, default=4)
-    t.add_argument("--grad-accum", type=int, default=4)
+    t.add_argument("--batch-size", type=int, default=4, help="windows per device step (paper: 4)")
+    t.add_argument("--grad-accum", type=int, default=4, help="gradient accumulation steps")
     t.add_argument("--max-steps", type=int, default=-1, help="per stage (overrides epochs)")
-    t.add_argument("--window-size", type=int, default=20)
-    t.add_argument("--tau", type=float, default=0.1)
-    t.add_argument("--lm-weight", type=float, default=0.1)
+    t.add_argument("--window-size", type=int, default=20,
+                   help="documents per training window; longer lists are cut into windows (RankGPT walk)")
+    t.add_argument("--tau", type=float, default=0.1, help="Plackett-Luce temperature (paper: 0.1)")
+    t.add_argument("--lm-weight", type=float, default=0.1,
+                   help="weight of the language-modelling loss on the teacher's [] > [] answer (0: single-pass only)")
     t.add_argument("--load-in-8bit", action="store_true", help="QLoRA (CUDA + bitsandbytes)")
-    t.add_argument("--no-gradient-checkpointing", action="store_true")
-    t.add_argument("--device", default=None)
+    t.add_argument("--no-gradient-checkpointing", action="store_true",
+                   help="turn gradient checkpointing off (faster, more memory; tiny models)")
+    t.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     t.add_argument("--merge", default=None, metavar="FOLDER", help="also write the merged model here")
     t.set_defaults(func=cmd_train)
 
