@@ -120,6 +120,46 @@ def _gain(rel: int, kind: str) -> float:
     return float(rel) if kind == "linear" else float(2 ** rel - 1)
 
 
+def _ndcg(m: Metric, k: int, rels: list[int], hit: list[bool], judged: Mapping[str, int], num_rel: int,
+          gain: str) -> float:
+    dcg = sum(_gain(r, gain) / math.log2(i + 2) for i, r in enumerate(rels[:k]))
+    ideal_rels = sorted((r for r in judged.values() if r > 0), reverse=True)
+    cut = len(ideal_rels) if m.k is None else m.k
+    idcg = sum(_gain(r, gain) / math.log2(i + 2) for i, r in enumerate(ideal_rels[:cut]))
+    return dcg / idcg if idcg > 0 else 0.0
+
+
+def _recall(m: Metric, k: int, rels: list[int], hit: list[bool], judged: Mapping[str, int], num_rel: int,
+            gain: str) -> float:
+    return sum(hit[:k]) / num_rel if num_rel else 0.0
+
+
+def _precision(m: Metric, k: int, rels: list[int], hit: list[bool], judged: Mapping[str, int], num_rel: int,
+               gain: str) -> float:
+    return sum(hit[:k]) / m.k  # type: ignore[operator]
+
+
+def _mrr(m: Metric, k: int, rels: list[int], hit: list[bool], judged: Mapping[str, int], num_rel: int,
+         gain: str) -> float:
+    first = next((i for i, h in enumerate(hit[:k]) if h), None)
+    return 1.0 / (first + 1) if first is not None else 0.0
+
+
+def _average_precision(m: Metric, k: int, rels: list[int], hit: list[bool], judged: Mapping[str, int],
+                       num_rel: int, gain: str) -> float:
+    found, total = 0, 0.0
+    for i, h in enumerate(hit[:k]):
+        if h:
+            found += 1
+            total += found / (i + 1)
+    return total / num_rel if num_rel else 0.0
+
+
+# metric name -> its value for one query, from (metric, depth, relevance grades and hits in ranked order,
+# the judgements, the number of relevant documents, the gain kind)
+_METRIC_FUNCTIONS = {"ndcg": _ndcg, "recall": _recall, "p": _precision, "mrr": _mrr, "map": _average_precision}
+
+
 def query_metrics(judged: Mapping[str, int], scores: Mapping[str, float], metrics: list[Metric], *,
                   gain: str = "linear", relevance_level: int = 1) -> dict[str, float]:
     ranking = rank_documents(scores)
@@ -128,27 +168,11 @@ def query_metrics(judged: Mapping[str, int], scores: Mapping[str, float], metric
     hit = [r >= relevance_level for r in rels]
     out: dict[str, float] = {}
     for m in metrics:
+        fn = _METRIC_FUNCTIONS.get(m.name)
+        if fn is None:
+            continue
         k = len(ranking) if m.k is None else min(m.k, len(ranking))
-        if m.name == "ndcg":
-            dcg = sum(_gain(r, gain) / math.log2(i + 2) for i, r in enumerate(rels[:k]))
-            ideal_rels = sorted((r for r in judged.values() if r > 0), reverse=True)
-            cut = len(ideal_rels) if m.k is None else m.k
-            idcg = sum(_gain(r, gain) / math.log2(i + 2) for i, r in enumerate(ideal_rels[:cut]))
-            out[m.label] = dcg / idcg if idcg > 0 else 0.0
-        elif m.name == "recall":
-            out[m.label] = sum(hit[:k]) / num_rel if num_rel else 0.0
-        elif m.name == "p":
-            out[m.label] = sum(hit[:k]) / m.k  # type: ignore[operator]
-        elif m.name == "mrr":
-            first = next((i for i, h in enumerate(hit[:k]) if h), None)
-            out[m.label] = 1.0 / (first + 1) if first is not None else 0.0
-        elif m.name == "map":
-            found, total = 0, 0.0
-            for i, h in enumerate(hit[:k]):
-                if h:
-                    found += 1
-                    total += found / (i + 1)
-            out[m.label] = total / num_rel if num_rel else 0.0
+        out[m.label] = fn(m, k, rels, hit, judged, num_rel, gain)
     return out
 
 
@@ -431,28 +455,34 @@ def _fmt_p(p: float | None) -> str:
     return "<0.0001" if p < 1e-4 else f"{p:.4f}"
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        if len(set(args.run)) != len(args.run):
-            raise InputError("the same --run is given twice")
-        if args.trials < 1:
-            raise InputError("--trials must be >= 1")
-        if args.significance and len(args.run) < 2:
-            raise InputError("--significance compares runs: give the baseline and at least one more --run")
-        metrics = parse_metrics(args.metrics)
-        qrels = load_qrels(args.qrels)
-        results = {}
-        for r in args.run:
-            results[r] = evaluate(qrels, load_run(r), metrics, gain=args.gain, complete=args.complete,
-                                  relevance_level=args.relevance_level)
-        names = list(results)
-        base = results[names[0]]
-        comparisons = {n: compare(base, results[n], metrics, test=args.significance, trials=args.trials,
-                                  seed=args.seed) for n in names[1:]}
-    except InputError as exc:
-        print(f"mmrank eval: error: {exc}", file=sys.stderr)
-        return 2
+def _check_args(args: argparse.Namespace) -> None:
+    """Reject option combinations that cannot be evaluated (raises :class:`InputError`)."""
+    if len(set(args.run)) != len(args.run):
+        raise InputError("the same --run is given twice")
+    if args.trials < 1:
+        raise InputError("--trials must be >= 1")
+    if args.significance and len(args.run) < 2:
+        raise InputError("--significance compares runs: give the baseline and at least one more --run")
+
+
+def _evaluate_runs(args: argparse.Namespace, metrics: list[Metric]
+                   ) -> tuple[dict[str, Evaluation], dict[str, Comparison]]:
+    """Evaluate every ``--run`` and compare each run after the first with the first (the baseline)."""
+    qrels = load_qrels(args.qrels)
+    results = {}
+    for r in args.run:
+        results[r] = evaluate(qrels, load_run(r), metrics, gain=args.gain, complete=args.complete,
+                              relevance_level=args.relevance_level)
+    names = list(results)
+    base = results[names[0]]
+    comparisons = {n: compare(base, results[n], metrics, test=args.significance, trials=args.trials,
+                              seed=args.seed) for n in names[1:]}
+    return results, comparisons
+
+
+def _warn_coverage(args: argparse.Namespace, results: dict[str, Evaluation],
+                   comparisons: dict[str, Comparison]) -> None:
+    """Tell on stderr which queries a run misses, has unjudged, or a comparison leaves out."""
     for r, ev in results.items():
         if ev.missing_in_run:
             note = "scored 0 (--complete)" if args.complete else "not averaged (use --complete to count them as 0)"
@@ -463,22 +493,34 @@ def main(argv: list[str] | None = None) -> int:
                   file=sys.stderr)
         if ev.queries == 0:
             print(f"mmrank eval: {r}: no query is both judged and ranked", file=sys.stderr)
+    names = list(results)
+    base = results[names[0]]
     for n, c in comparisons.items():
         if len(c.queries) != base.queries or len(c.queries) != results[n].queries:
             print(f"mmrank eval: {n}: compared with {names[0]} on the {len(c.queries)} queries both rank",
                   file=sys.stderr)
-    if args.json:
-        out: Any = {r: ev.as_dict(per_query=args.per_query) for r, ev in results.items()}
-        for n, c in comparisons.items():
-            out[n]["compared_with"] = names[0]
-            out[n]["comparison"] = c.as_dict(per_query=args.per_query_deltas)
-            if args.significance:
-                out[n]["comparison"]["test"] = args.significance
-        if len(results) == 1:
-            out = next(iter(out.values()))
-        json.dump(out, sys.stdout, indent=2)
-        sys.stdout.write("\n")
-        return 0
+
+
+def _print_json(args: argparse.Namespace, results: dict[str, Evaluation],
+                comparisons: dict[str, Comparison]) -> None:
+    """One run: its evaluation object; several: one object per run, later ones with their comparison."""
+    first = next(iter(results))
+    out: Any = {r: ev.as_dict(per_query=args.per_query) for r, ev in results.items()}
+    for n, c in comparisons.items():
+        out[n]["compared_with"] = first
+        out[n]["comparison"] = c.as_dict(per_query=args.per_query_deltas)
+        if args.significance:
+            out[n]["comparison"]["test"] = args.significance
+    if len(results) == 1:
+        out = next(iter(out.values()))
+    json.dump(out, sys.stdout, indent=2)
+    sys.stdout.write("\n")
+
+
+def _print_table(args: argparse.Namespace, metrics: list[Metric], results: dict[str, Evaluation],
+                 comparisons: dict[str, Comparison]) -> None:
+    """One row per metric, one column per run; later runs add Δ, wins/losses (and p) against the first."""
+    names = list(results)
     width = max(8, *(len(m.label) for m in metrics))
     cols: list[str] = []
     for i, n in enumerate(names):
@@ -510,21 +552,44 @@ def main(argv: list[str] | None = None) -> int:
     if len(names) > 1:
         print(f"(Δ: mean difference from {Path(names[0]).name} over the queries both rank; +/-: queries better/"
               f"worse{'; p: paired ' + args.significance + ' test, two-sided' if args.significance else ''})")
-    if args.per_query_deltas and len(names) > 1:
-        print()
-        m0 = metrics[0]
-        header = ["query"] + [Path(n).name for n in names] + [f"Δ {Path(n).name}" for n in names[1:]]
-        qw = max(5, *(len(q) for q in base.per_query)) if base.per_query else 5
-        hw = [max(8, len(h)) for h in header[1:]]
-        print(f"per-query {m0.label}")
-        print(f"{header[0]:<{qw}}  " + "  ".join(f"{h:>{w}}" for h, w in zip(header[1:], hw, strict=True)))
-        queries = sorted(set().union(*(set(results[n].per_query) for n in names)))
-        for q in queries:
-            vals = [results[n].per_query.get(q, {}).get(m0.label) for n in names]
-            deltas = [comparisons[n].per_query.get(q, {}).get(m0.label) for n in names[1:]]
-            cells = [("-" if v is None else f"{v:.4f}") for v in vals] + \
-                    [("-" if d is None else f"{d:+.4f}") for d in deltas]
-            print(f"{q:<{qw}}  " + "  ".join(f"{c:>{w}}" for c, w in zip(cells, hw, strict=True)))
+
+
+def _print_per_query_deltas(metric: Metric, results: dict[str, Evaluation],
+                            comparisons: dict[str, Comparison]) -> None:
+    """Each query's value of ``metric`` in every run and its difference from the first run ("-": not ranked)."""
+    names = list(results)
+    base = results[names[0]]
+    print()
+    header = ["query"] + [Path(n).name for n in names] + [f"Δ {Path(n).name}" for n in names[1:]]
+    qw = max(5, *(len(q) for q in base.per_query)) if base.per_query else 5
+    hw = [max(8, len(h)) for h in header[1:]]
+    print(f"per-query {metric.label}")
+    print(f"{header[0]:<{qw}}  " + "  ".join(f"{h:>{w}}" for h, w in zip(header[1:], hw, strict=True)))
+    queries = sorted(set().union(*(set(results[n].per_query) for n in names)))
+    for q in queries:
+        vals = [results[n].per_query.get(q, {}).get(metric.label) for n in names]
+        deltas = [comparisons[n].per_query.get(q, {}).get(metric.label) for n in names[1:]]
+        cells = [("-" if v is None else f"{v:.4f}") for v in vals] + \
+                [("-" if d is None else f"{d:+.4f}") for d in deltas]
+        print(f"{q:<{qw}}  " + "  ".join(f"{c:>{w}}" for c, w in zip(cells, hw, strict=True)))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        _check_args(args)
+        metrics = parse_metrics(args.metrics)
+        results, comparisons = _evaluate_runs(args, metrics)
+    except InputError as exc:
+        print(f"mmrank eval: error: {exc}", file=sys.stderr)
+        return 2
+    _warn_coverage(args, results, comparisons)
+    if args.json:
+        _print_json(args, results, comparisons)
+        return 0
+    _print_table(args, metrics, results, comparisons)
+    if args.per_query_deltas and len(results) > 1:
+        _print_per_query_deltas(metrics[0], results, comparisons)
     return 0
 
 
