@@ -198,6 +198,60 @@ def fit_size(width: int, height: int, factor: int = 28, min_pixels: int = 3136,
     return w, h
 
 
+def _check_modes(method: str, mode: str, prefill: str, prompt: str | ListwisePrompt) -> None:
+    """Reject an unknown method, mode, prefill or listwise prompt name, and a mode with pairwise."""
+    if method not in METHODS:
+        raise InputError(f"method must be one of {METHODS}, got {method!r}")
+    if mode not in ("generate", "single_pass"):
+        raise InputError(f"mode must be 'generate' or 'single_pass', got {mode!r}")
+    if method == "pairwise" and mode != "generate":
+        raise InputError("mode applies to method='listwise' only; pairwise always reads P(yes) from logprobs")
+    if prefill not in ("auto", "continue", "none"):
+        raise InputError(f"prefill must be 'auto', 'continue' or 'none', got {prefill!r}")
+    if isinstance(prompt, str) and prompt not in ("auto", *LISTWISE_PROMPTS):
+        raise InputError(f"prompt must be 'auto', 'text', 'multimodal' or a ListwisePrompt, got {prompt!r}")
+
+
+def _pairwise_prompt(prompt: str | PairwisePrompt) -> PairwisePrompt:
+    """The :class:`PairwisePrompt` a name stands for (a prompt object is kept as given)."""
+    if not isinstance(prompt, str):
+        return prompt
+    if prompt not in PAIRWISE_PROMPTS:
+        raise InputError(f"pairwise_prompt must be one of {sorted(PAIRWISE_PROMPTS)} or a PairwisePrompt, "
+                         f"got {prompt!r}")
+    return PAIRWISE_PROMPTS[prompt]
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _check_counts(*, max_new_tokens: int | None, max_passage_words: int | None, max_doc_words: int | None,
+                  max_query_words: int | None, top_logprobs: int, max_concurrency: int) -> None:
+    """Reject a length limit that is not a positive integer or ``None``, ``top_logprobs`` outside 1..20 and a
+    ``max_concurrency`` below 1 (booleans are not integers here)."""
+    for name, v in (("max_new_tokens", max_new_tokens), ("max_passage_words", max_passage_words),
+                    ("max_doc_words", max_doc_words), ("max_query_words", max_query_words)):
+        if v is not None and (not _is_int(v) or v < 1):
+            raise InputError(f"{name} must be an integer >= 1 or None, got {v!r}")
+    if not _is_int(top_logprobs) or not 1 <= top_logprobs <= 20:
+        raise InputError(f"top_logprobs must be an integer in 1..20, got {top_logprobs!r}")
+    if not _is_int(max_concurrency) or max_concurrency < 1:
+        raise InputError(f"max_concurrency must be an integer >= 1, got {max_concurrency!r}")
+
+
+def _api_key(api_key: str | None, url: str) -> str | None:
+    """The key to send: ``api_key``, else ``MMRANK_CHAT_API_KEY``, else ``OPENAI_API_KEY`` for api.openai.com
+    only (never sent to another host)."""
+    if api_key is not None:
+        return api_key
+    key = os.environ.get(API_KEY_ENV) or None
+    host = (urllib.parse.urlsplit(url).hostname or "").lower()
+    if key is None and host == "api.openai.com":
+        key = os.environ.get("OPENAI_API_KEY") or None
+    return key
+
+
 class ChatReranker(Reranker):
     """Listwise or pairwise reranking with a VLM served behind ``POST /v1/chat/completions``.
 
@@ -268,29 +322,11 @@ class ChatReranker(Reranker):
                  image_policy: ImagePolicy = DEFAULT_POLICY, show_progress: bool = False, image_workers: int = 4):
         super().__init__(on_error=on_error, image_policy=image_policy, show_progress=show_progress,
                          image_workers=image_workers)
-        if method not in METHODS:
-            raise InputError(f"method must be one of {METHODS}, got {method!r}")
-        if mode not in ("generate", "single_pass"):
-            raise InputError(f"mode must be 'generate' or 'single_pass', got {mode!r}")
-        if method == "pairwise" and mode != "generate":
-            raise InputError("mode applies to method='listwise' only; pairwise always reads P(yes) from logprobs")
-        if prefill not in ("auto", "continue", "none"):
-            raise InputError(f"prefill must be 'auto', 'continue' or 'none', got {prefill!r}")
-        if isinstance(prompt, str) and prompt not in ("auto", *LISTWISE_PROMPTS):
-            raise InputError(f"prompt must be 'auto', 'text', 'multimodal' or a ListwisePrompt, got {prompt!r}")
-        if isinstance(pairwise_prompt, str):
-            if pairwise_prompt not in PAIRWISE_PROMPTS:
-                raise InputError(f"pairwise_prompt must be one of {sorted(PAIRWISE_PROMPTS)} or a PairwisePrompt, "
-                                 f"got {pairwise_prompt!r}")
-            pairwise_prompt = PAIRWISE_PROMPTS[pairwise_prompt]
-        for name, v in (("max_new_tokens", max_new_tokens), ("max_passage_words", max_passage_words),
-                        ("max_doc_words", max_doc_words), ("max_query_words", max_query_words)):
-            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
-                raise InputError(f"{name} must be an integer >= 1 or None, got {v!r}")
-        if isinstance(top_logprobs, bool) or not isinstance(top_logprobs, int) or not 1 <= top_logprobs <= 20:
-            raise InputError(f"top_logprobs must be an integer in 1..20, got {top_logprobs!r}")
-        if isinstance(max_concurrency, bool) or not isinstance(max_concurrency, int) or max_concurrency < 1:
-            raise InputError(f"max_concurrency must be an integer >= 1, got {max_concurrency!r}")
+        _check_modes(method, mode, prefill, prompt)
+        pairwise_prompt = _pairwise_prompt(pairwise_prompt)
+        _check_counts(max_new_tokens=max_new_tokens, max_passage_words=max_passage_words,
+                      max_doc_words=max_doc_words, max_query_words=max_query_words, top_logprobs=top_logprobs,
+                      max_concurrency=max_concurrency)
         if max_pixels is None:
             max_pixels = 256 * 28 * 28 if method == "listwise" else 602112
         if not (isinstance(image_factor, int) and image_factor >= 1 and 1 <= min_pixels <= max_pixels):
@@ -329,12 +365,7 @@ class ChatReranker(Reranker):
         self.clean = clean or defuse_special_tokens
         self.max_concurrency = max_concurrency
 
-        host = (urllib.parse.urlsplit(self.url).hostname or "").lower()
-        key = api_key
-        if key is None:
-            key = os.environ.get(API_KEY_ENV) or None
-        if key is None and host == "api.openai.com":
-            key = os.environ.get("OPENAI_API_KEY") or None
+        key = _api_key(api_key, self.url)
         self.__api_key = key
         hint_key = f" — check the API key (api_key= or {API_KEY_ENV})"
         self._http = HttpClient(
