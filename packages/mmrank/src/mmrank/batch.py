@@ -75,6 +75,11 @@ def _image_ref(value: Any, base: Path | None, where: str) -> Any:
     return value  # an absolute path, a path relative to the working directory, or base64: load_image decides
 
 
+def _is_id(value: Any) -> bool:
+    """Whether ``value`` can be a query or candidate id: a non-empty string or an integer (not a bool)."""
+    return not isinstance(value, bool) and isinstance(value, (str, int)) and str(value) != ""
+
+
 def _candidate(value: Any, position: int, base: Path | None, where: str) -> Any:
     from .inputs.documents import Document
 
@@ -93,7 +98,7 @@ def _candidate(value: Any, position: int, base: Path | None, where: str) -> Any:
     if text is not None and not isinstance(text, str):
         raise InputError(f"{where}: candidate {position}: text must be a string, got {type(text).__name__}")
     cid = value.get("id", position)
-    if isinstance(cid, bool) or not isinstance(cid, (str, int)) or str(cid) == "":
+    if not _is_id(cid):
         raise InputError(f"{where}: candidate {position}: id must be a non-empty string or an integer")
     meta = value.get("metadata") or {}
     if not isinstance(meta, dict):
@@ -103,39 +108,30 @@ def _candidate(value: Any, position: int, base: Path | None, where: str) -> Any:
                     id=str(cid), metadata=meta)
 
 
-def parse_request(obj: Any, line: int, source: str, base: Path | None) -> Request:
-    """Check one input line's object and build its query and documents; :class:`InputError` naming the
-    line (and the candidate) otherwise."""
+def _query(q: Any, where: str, base: Path | None) -> Any:
+    """The request's ``query`` field (text, or an object with text and/or image) as a :class:`Query`."""
     from .inputs.documents import Query
 
-    where = _where(source, line)
-    if not isinstance(obj, dict):
-        raise InputError(f"{where}: expected a JSON object with 'query' and 'candidates', got "
-                         f"{type(obj).__name__}")
-    unknown = set(obj) - REQUEST_FIELDS
-    if unknown:
-        raise InputError(f"{where}: unknown field(s) {sorted(unknown)}; use {sorted(REQUEST_FIELDS)}")
-    qid = obj.get("id", line)
-    if isinstance(qid, bool) or not isinstance(qid, (str, int)) or str(qid) == "":
-        raise InputError(f"{where}: id must be a non-empty string or an integer")
-    q = obj.get("query")
     if isinstance(q, str):
         if not q:
             raise InputError(f"{where}: the query is empty")
-        query = Query(text=q)
-    elif isinstance(q, dict):
-        extra = set(q) - {"text", "image"}
-        if extra:
-            raise InputError(f"{where}: query: unknown field(s) {sorted(extra)}; use 'text' and/or 'image'")
-        if q.get("text") is not None and not isinstance(q.get("text"), str):
-            raise InputError(f"{where}: query text must be a string")
-        if not q.get("text") and q.get("image") is None:
-            raise InputError(f"{where}: the query has neither text nor image")
-        image = q.get("image")
-        query = Query(text=q.get("text") or None,
-                      image=None if image is None else _image_ref(image, base, f"{where}: query"))
-    else:
+        return Query(text=q)
+    if not isinstance(q, dict):
         raise InputError(f"{where}: 'query' must be text or an object with text/image")
+    extra = set(q) - {"text", "image"}
+    if extra:
+        raise InputError(f"{where}: query: unknown field(s) {sorted(extra)}; use 'text' and/or 'image'")
+    if q.get("text") is not None and not isinstance(q.get("text"), str):
+        raise InputError(f"{where}: query text must be a string")
+    if not q.get("text") and q.get("image") is None:
+        raise InputError(f"{where}: the query has neither text nor image")
+    image = q.get("image")
+    return Query(text=q.get("text") or None,
+                 image=None if image is None else _image_ref(image, base, f"{where}: query"))
+
+
+def _documents(obj: dict[str, Any], where: str, base: Path | None) -> list[Any]:
+    """The request's candidates (or documents) as documents with distinct ids."""
     if "candidates" in obj and "documents" in obj:
         raise InputError(f"{where}: give 'candidates' or 'documents', not both")
     cands = obj.get("candidates", obj.get("documents"))
@@ -147,6 +143,24 @@ def parse_request(obj: Any, line: int, source: str, base: Path | None) -> Reques
         if d.id in seen:
             raise InputError(f"{where}: candidates {seen[d.id]} and {i} have the same id {d.id!r}")
         seen[d.id] = i
+    return docs
+
+
+def parse_request(obj: Any, line: int, source: str, base: Path | None) -> Request:
+    """Check one input line's object and build its query and documents; :class:`InputError` naming the
+    line (and the candidate) otherwise."""
+    where = _where(source, line)
+    if not isinstance(obj, dict):
+        raise InputError(f"{where}: expected a JSON object with 'query' and 'candidates', got "
+                         f"{type(obj).__name__}")
+    unknown = set(obj) - REQUEST_FIELDS
+    if unknown:
+        raise InputError(f"{where}: unknown field(s) {sorted(unknown)}; use {sorted(REQUEST_FIELDS)}")
+    qid = obj.get("id", line)
+    if not _is_id(qid):
+        raise InputError(f"{where}: id must be a non-empty string or an integer")
+    query = _query(obj.get("query"), where, base)
+    docs = _documents(obj, where, base)
     top_n = obj.get("top_n")
     if top_n is not None and (isinstance(top_n, bool) or not isinstance(top_n, int) or top_n < 0):
         raise InputError(f"{where}: top_n must be a non-negative integer")
