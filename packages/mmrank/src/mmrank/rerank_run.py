@@ -229,14 +229,10 @@ def write_trec(run: dict[str, list[tuple[str, float]]], path: str | Path, tag: s
         raise
 
 
-def rerank_run(reranker: Any, run: dict[str, dict[str, float]], corpus: dict[str, Item],
-               queries: dict[str, Item], *, top_k: int = 100, keep_tail: bool = True,
-               on_error: str = "last", progress: bool = False) -> tuple[dict[str, list[tuple[str, float]]],
-                                                                        list[str]]:
-    """Rerank the ``top_k`` of every query of ``run``; returns the new run (best first) and the errors of
-    documents that could not be scored (kept after the scored ones)."""
+def _check_coverage(run: dict[str, dict[str, float]], corpus: dict[str, Item], queries: dict[str, Item],
+                    top_k: int) -> None:
+    """Every query of the run, and every document within its ``top_k``, must be known (:class:`InputError`)."""
     from .evaluation import rank_documents
-    from .inputs.documents import Document, Query
 
     missing_q = [q for q in run if q not in queries]
     if missing_q:
@@ -245,6 +241,42 @@ def rerank_run(reranker: Any, run: dict[str, dict[str, float]], corpus: dict[str
     if missing_d:
         raise InputError(f"{len(missing_d)} run documents (within the top {top_k}) are not in the corpus, e.g. "
                          + ", ".join(f"{d!r} (query {q!r})" for q, d in missing_d[:5]))
+
+
+def _rerank_query(reranker: Any, qid: str, q: Item, head: list[str], tail: list[str], corpus: dict[str, Item],
+                  *, keep_tail: bool, on_error: str, errors: list[str]) -> list[tuple[str, float]]:
+    """One query's new rows: the scored documents best first, then the failed ones (their errors appended to
+    ``errors``) below the lowest score, then — with ``keep_tail`` — the first-stage tail in its order."""
+    from .inputs.documents import Document, Query
+
+    try:
+        query = Query(text=q.text, image=q.image)
+        docs = [Document(text=corpus[d].text, image=corpus[d].image, id=d) for d in head]
+        ranked = reranker.rank(query, docs, on_error=on_error)
+    except InputError as exc:
+        raise InputError(f"query {qid!r}: {exc}") from None
+    scored = [(r.document.id, float(r.score)) for r in ranked if r.score is not None]
+    floor = min((s for _, s in scored), default=0.0)
+    rows = list(scored)
+    failed = [r for r in ranked if r.score is None]
+    for i, r in enumerate(failed, 1):
+        errors.append(f"query {qid!r}: {r.error}")
+        rows.append((r.document.id, floor - i))
+    if keep_tail:
+        last = rows[-1][1] if rows else 0.0
+        rows.extend((d, last - i) for i, d in enumerate(tail, 1))
+    return rows
+
+
+def rerank_run(reranker: Any, run: dict[str, dict[str, float]], corpus: dict[str, Item],
+               queries: dict[str, Item], *, top_k: int = 100, keep_tail: bool = True,
+               on_error: str = "last", progress: bool = False) -> tuple[dict[str, list[tuple[str, float]]],
+                                                                        list[str]]:
+    """Rerank the ``top_k`` of every query of ``run``; returns the new run (best first) and the errors of
+    documents that could not be scored (kept after the scored ones)."""
+    from .evaluation import rank_documents
+
+    _check_coverage(run, corpus, queries, top_k)
     from tqdm.auto import tqdm
 
     out: dict[str, list[tuple[str, float]]] = {}
@@ -255,24 +287,8 @@ def rerank_run(reranker: Any, run: dict[str, dict[str, float]], corpus: dict[str
         for qid, scores in run.items():
             order = rank_documents(scores)
             head, tail = order[:top_k], order[top_k:]
-            q = queries[qid]
-            try:
-                query = Query(text=q.text, image=q.image)
-                docs = [Document(text=corpus[d].text, image=corpus[d].image, id=d) for d in head]
-                ranked = reranker.rank(query, docs, on_error=on_error)
-            except InputError as exc:
-                raise InputError(f"query {qid!r}: {exc}") from None
-            scored = [(r.document.id, float(r.score)) for r in ranked if r.score is not None]
-            floor = min((s for _, s in scored), default=0.0)
-            rows = list(scored)
-            failed = [r for r in ranked if r.score is None]
-            for i, r in enumerate(failed, 1):
-                errors.append(f"query {qid!r}: {r.error}")
-                rows.append((r.document.id, floor - i))
-            if keep_tail:
-                last = rows[-1][1] if rows else 0.0
-                rows.extend((d, last - i) for i, d in enumerate(tail, 1))
-            out[qid] = rows
+            out[qid] = _rerank_query(reranker, qid, queries[qid], head, tail, corpus, keep_tail=keep_tail,
+                                     on_error=on_error, errors=errors)
             bar.update(len(head))
     finally:
         bar.close()
