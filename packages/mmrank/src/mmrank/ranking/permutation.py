@@ -168,35 +168,44 @@ def _to_int(token: str) -> int | None:
         return None
 
 
-def _mentions(text: str, identifiers: Sequence[str], index: dict[str, int], numeric: bool) -> list[int]:
+def _cut_tail(text: str, found: list[str], index: dict[str, int]) -> str | None:
+    """An answer cut in the middle of its last identifier ("... > [2"): that identifier when it can only be
+    one (no identifier not yet mentioned is longer and starts with it), else ``None``."""
+    tail = _TRAILING_OPEN.search(text)
+    if not tail or text.rstrip().endswith("]"):
+        return None
+    key = tail.group(1).upper()
+    seen = {f.upper() for f in found}
+    longer = [x for x in index if x != key and x.startswith(key) and x not in seen]
+    return tail.group(1) if key in index and not longer else None
+
+
+def _candidate_tokens(text: str, index: dict[str, int], numeric: bool) -> list[str]:
+    """The identifier-like tokens of an answer, in order: bracketed ones if any is usable (plus a cut last
+    one), else bare digit runs (numeric identifiers) or whole words equal to an identifier."""
     found = [m.group(1) for m in _BRACKETED.finditer(text)]
-    usable = any(f.upper() in index or (numeric and _to_int(f) is not None) for f in found)
-    if usable:
-        # An answer cut in the middle of its last identifier ("... > [2"): take it when it can only be one
-        # identifier (no identifier not yet mentioned is longer and starts with it).
-        tail = _TRAILING_OPEN.search(text)
-        if tail and not text.rstrip().endswith("]"):
-            key = tail.group(1).upper()
-            seen = {f.upper() for f in found}
-            longer = [x for x in index if x != key and x.startswith(key) and x not in seen]
-            if key in index and not longer:
-                found.append(tail.group(1))
-    elif numeric:
-        found = re.findall(r"\d+", text)
-    else:
-        words = re.findall(r"[^\s>\[\],;.()]+", text)
-        found = [w for w in words if w.upper() in index]
-    out: list[int] = []
-    for f in found:
-        key = f.upper()
-        if key in index:
-            out.append(index[key])
-        elif numeric and (value := _to_int(key)) is not None:
-            # "[07]" is 7; out-of-range numbers are ignored by repair
-            out.append(index.get(str(value), -1))
-        else:
-            out.append(-1)
-    return out
+    if any(f.upper() in index or (numeric and _to_int(f) is not None) for f in found):
+        tail = _cut_tail(text, found, index)
+        return found if tail is None else [*found, tail]
+    if numeric:
+        return re.findall(r"\d+", text)
+    words = re.findall(r"[^\s>\[\],;.()]+", text)
+    return [w for w in words if w.upper() in index]
+
+
+def _position(token: str, index: dict[str, int], numeric: bool) -> int:
+    """The position a token names; ``-1`` for an unknown one ("[07]" is 7; out-of-range numbers are left
+    for repair to ignore)."""
+    key = token.upper()
+    if key in index:
+        return index[key]
+    if numeric and (value := _to_int(key)) is not None:
+        return index.get(str(value), -1)
+    return -1
+
+
+def _mentions(text: str, identifiers: Sequence[str], index: dict[str, int], numeric: bool) -> list[int]:
+    return [_position(f, index, numeric) for f in _candidate_tokens(text, index, numeric)]
 
 
 def parse_ranking(text: str, identifiers: Sequence[str]) -> list[int]:
