@@ -130,24 +130,22 @@ def _query_from_args(args: argparse.Namespace) -> Any:
 
 
 # ---------------------------------------------------------------------------------------------- options
-def _positive_int(text: str) -> int:
+def _int_at_least(text: str, low: int) -> int:
     try:
         v = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
+    if v < low:
+        raise argparse.ArgumentTypeError(f"must be >= {low}, got {v}")
     return v
+
+
+def _positive_int(text: str) -> int:
+    return _int_at_least(text, 1)
 
 
 def _non_negative_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {v}")
-    return v
+    return _int_at_least(text, 0)
 
 
 def _finite_float(text: str) -> float:
@@ -295,6 +293,43 @@ def load_scorer(args: argparse.Namespace, *, show_progress: bool, quiet: bool = 
 
 
 # ---------------------------------------------------------------------------------------------- rank
+def _documents_from_args(args: argparse.Namespace) -> list[Any]:
+    """The single query's documents: the DOC arguments, then ``--documents-file``; at least one."""
+    docs = [document_from_arg(d, i, literal=args.text) for i, d in enumerate(args.documents)]
+    if args.documents_file is not None:
+        from .batch import read_documents_file
+
+        docs.extend(read_documents_file(args.documents_file, start=len(docs)))
+    if not docs:
+        raise UsageError("no documents given (DOC arguments, --documents-file, or --input JSONL)")
+    return docs
+
+
+def _print_ranked_json(model_name: str, ranked: list[Any], return_documents: bool) -> None:
+    out = {"model": model_name,
+           "results": [{**r.to_dict(include_document=return_documents), "id": r.document.id} for r in ranked]}
+    json.dump(out, sys.stdout, indent=2)  # ASCII: survives any terminal encoding and odd file names
+    sys.stdout.write("\n")
+
+
+def _table_label(document: Any) -> str:
+    """What the table shows for a document: its id, or the passage for an unnamed ("docN") text document,
+    cut to 70 characters, with undecodable file-name bytes escaped."""
+    label = document.id or ""
+    if document.has_text and (document.id or "").startswith("doc"):
+        label = document.text.replace("\n", " ")
+    label = label if len(label) <= 70 else label[:67] + "..."
+    return label.encode("utf-8", "backslashreplace").decode("utf-8")  # undecodable file names
+
+
+def _print_ranked_table(ranked: list[Any]) -> None:
+    print(f"{'rank':>4}  {'score':>8}  {'index':>5}  document")
+    for pos, r in enumerate(ranked, 1):
+        label = _table_label(r.document)
+        score = "error" if r.score is None else f"{r.score:.4f}"
+        print(f"{pos:>4}  {score:>8}  {r.index:>5}  {label}" + (f"  [{r.error}]" if r.error else ""))
+
+
 def cmd_rank(args: argparse.Namespace) -> int:
     if args.input is not None:
         if args.documents or args.query or args.query_image or args.documents_file:
@@ -306,32 +341,14 @@ def cmd_rank(args: argparse.Namespace) -> int:
     if args.output is not None:
         raise UsageError("--output goes with --input (JSONL); a single query prints to stdout")
     query = _query_from_args(args)
-    docs = [document_from_arg(d, i, literal=args.text) for i, d in enumerate(args.documents)]
-    if args.documents_file is not None:
-        from .batch import read_documents_file
-
-        docs.extend(read_documents_file(args.documents_file, start=len(docs)))
-    if not docs:
-        raise UsageError("no documents given (DOC arguments, --documents-file, or --input JSONL)")
+    docs = _documents_from_args(args)
     reranker = load_scorer(args, show_progress=not args.quiet and not args.json, quiet=args.quiet)
     ranked = reranker.rank(query, docs, top_n=args.top_n, score_threshold=args.score_threshold,
                            on_error=args.on_error)
     if args.json:
-        out = {"model": reranker.model_name,
-               "results": [{**r.to_dict(include_document=args.return_documents), "id": r.document.id}
-                           for r in ranked]}
-        json.dump(out, sys.stdout, indent=2)  # ASCII: survives any terminal encoding and odd file names
-        sys.stdout.write("\n")
-        return 0
-    print(f"{'rank':>4}  {'score':>8}  {'index':>5}  document")
-    for pos, r in enumerate(ranked, 1):
-        label = r.document.id or ""
-        if r.document.has_text and (r.document.id or "").startswith("doc"):
-            label = r.document.text.replace("\n", " ")  # type: ignore[union-attr]
-        label = label if len(label) <= 70 else label[:67] + "..."
-        label = label.encode("utf-8", "backslashreplace").decode("utf-8")  # undecodable file names
-        score = "error" if r.score is None else f"{r.score:.4f}"
-        print(f"{pos:>4}  {score:>8}  {r.index:>5}  {label}" + (f"  [{r.error}]" if r.error else ""))
+        _print_ranked_json(reranker.model_name, ranked, args.return_documents)
+    else:
+        _print_ranked_table(ranked)
     return 0
 
 
