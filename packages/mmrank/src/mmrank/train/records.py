@@ -182,17 +182,8 @@ def _text(value: Any, where: str, what: str) -> str | None:
     return value
 
 
-def parse_list(obj: Any, *, base_dir: Path, where: str) -> RankList:
-    """An input list (or the input part of a record) from decoded JSON; :class:`RecordError` names ``where``."""
-    if not isinstance(obj, dict):
-        raise RecordError(f"{where}: a record must be a JSON object, got {type(obj).__name__}")
-    rid = obj.get("id")
-    if rid is not None and not isinstance(rid, (str, int)):
-        raise RecordError(f"{where}: id must be a string")
-    outer = where
-    if rid is not None:
-        where = f"{where} (id={str(rid)!r})"
-    q = obj.get("query")
+def _query(q: Any, where: str) -> tuple[str | None, str | None]:
+    """``(text, image)`` of a list's ``query`` field (a string, or an object with text and/or image)."""
     if isinstance(q, str):
         qt, qi = q, None
     elif isinstance(q, dict):
@@ -204,38 +195,65 @@ def parse_list(obj: Any, *, base_dir: Path, where: str) -> RankList:
         raise RecordError(f"{where}: 'query' must be a string or an object with text and/or image")
     if not qt and qi is None:
         raise RecordError(f"{where}: the query has neither text nor image")
-    cands_raw = obj.get("candidates")
+    return qt, qi
+
+
+def _candidate(c: Any, i: int, where: str) -> Candidate:
+    """Candidate ``i`` of a list: a string (its text, id ``i``) or an object with id, text and/or image."""
+    what = f"candidate {i}"
+    if isinstance(c, str):
+        return Candidate(id=f"{i}", text=c)
+    if not isinstance(c, dict):
+        raise RecordError(f"{where}: {what} must be a string or an object")
+    unknown = set(c) - {"id", "text", "image"}
+    if unknown:
+        raise RecordError(f"{where}: {what}: unknown field(s) {sorted(unknown)}")
+    cid = str(c.get("id", i))
+    cand = Candidate(id=cid, text=_text(c.get("text"), where, what),
+                     image=_image_ref(c.get("image"), where, f"{what} (id={cid!r})"))
+    if not cand.text and cand.image is None:
+        raise RecordError(f"{where}: {what} (id={cid!r}) has neither text nor image")
+    return cand
+
+
+def _candidates(cands_raw: Any, where: str) -> list[Candidate]:
+    """A list's non-empty ``candidates``, with unique ids."""
     if not isinstance(cands_raw, list) or not cands_raw:
         raise RecordError(f"{where}: 'candidates' must be a non-empty list")
-    cands: list[Candidate] = []
-    for i, c in enumerate(cands_raw):
-        what = f"candidate {i}"
-        if isinstance(c, str):
-            cands.append(Candidate(id=f"{i}", text=c))
-            continue
-        if not isinstance(c, dict):
-            raise RecordError(f"{where}: {what} must be a string or an object")
-        unknown = set(c) - {"id", "text", "image"}
-        if unknown:
-            raise RecordError(f"{where}: {what}: unknown field(s) {sorted(unknown)}")
-        cid = str(c.get("id", i))
-        cand = Candidate(id=cid, text=_text(c.get("text"), where, what),
-                         image=_image_ref(c.get("image"), where, f"{what} (id={cid!r})"))
-        if not cand.text and cand.image is None:
-            raise RecordError(f"{where}: {what} (id={cid!r}) has neither text nor image")
-        cands.append(cand)
+    cands = [_candidate(c, i, where) for i, c in enumerate(cands_raw)]
     ids = [c.id for c in cands]
     if len(set(ids)) != len(ids):
         dup = sorted({x for x in ids if ids.count(x) > 1})
         raise RecordError(f"{where}: candidate ids must be unique, repeated: {dup}")
-    labels = obj.get("labels")
-    if labels is not None:
-        if not isinstance(labels, dict) or not all(isinstance(v, int) and not isinstance(v, bool)
-                                                   for v in labels.values()):
-            raise RecordError(f"{where}: 'labels' must map candidate ids to integer relevance")
-        unknown = set(labels) - set(ids)
-        if unknown:
-            raise RecordError(f"{where}: labels name unknown candidate id(s) {sorted(unknown)}")
+    return cands
+
+
+def _labels(labels: Any, ids: list[str], where: str) -> dict[str, int] | None:
+    """A list's optional ``labels``: candidate id -> integer relevance, for known ids only."""
+    if labels is None:
+        return None
+    if not isinstance(labels, dict) or not all(isinstance(v, int) and not isinstance(v, bool)
+                                               for v in labels.values()):
+        raise RecordError(f"{where}: 'labels' must map candidate ids to integer relevance")
+    unknown = set(labels) - set(ids)
+    if unknown:
+        raise RecordError(f"{where}: labels name unknown candidate id(s) {sorted(unknown)}")
+    return labels
+
+
+def parse_list(obj: Any, *, base_dir: Path, where: str) -> RankList:
+    """An input list (or the input part of a record) from decoded JSON; :class:`RecordError` names ``where``."""
+    if not isinstance(obj, dict):
+        raise RecordError(f"{where}: a record must be a JSON object, got {type(obj).__name__}")
+    rid = obj.get("id")
+    if rid is not None and not isinstance(rid, (str, int)):
+        raise RecordError(f"{where}: id must be a string")
+    outer = where
+    if rid is not None:
+        where = f"{where} (id={str(rid)!r})"
+    qt, qi = _query(obj.get("query"), where)
+    cands = _candidates(obj.get("candidates"), where)
+    labels = _labels(obj.get("labels"), [c.id for c in cands], where)
     out = RankList(id="", query_text=qt, query_image=qi, candidates=cands, labels=labels, base_dir=base_dir,
                    where=where)
     out.id = str(rid) if rid is not None else out.hash
@@ -243,24 +261,37 @@ def parse_list(obj: Any, *, base_dir: Path, where: str) -> RankList:
     return out
 
 
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _permutation(perm: Any, n: int, where: str) -> list[int]:
+    """``teacher_permutation``: a permutation of the candidate indices ``0..n-1``."""
+    if (not isinstance(perm, list) or sorted(perm) != list(range(n))
+            or any(isinstance(x, bool) or not isinstance(x, int) for x in perm)):
+        raise RecordError(f"{where}: teacher_permutation {perm!r} is not a permutation of the {n} candidate "
+                          f"indices 0..{n - 1}")
+    return list(perm)
+
+
+def _scores(scores: Any, n: int, where: str) -> list[float | None]:
+    """``teacher_scores``: ``n`` numbers or nulls in candidate order (absent: all null)."""
+    if scores is None:
+        scores = [None] * n
+    if not isinstance(scores, list) or len(scores) != n or not all(s is None or _is_number(s) for s in scores):
+        raise RecordError(f"{where}: teacher_scores must be a list of {n} numbers (or nulls) in candidate order")
+    return [None if s is None else float(s) for s in scores]
+
+
 def parse_record(obj: Any, *, base_dir: Path, where: str) -> Record:
     """A distilled record; checks that π* is a permutation of the candidates and the scores fit."""
     rl = parse_list(obj, base_dir=base_dir, where=where)
     where = rl.where
     n = len(rl.candidates)
-    perm = obj.get("teacher_permutation")
-    if (not isinstance(perm, list) or sorted(perm) != list(range(n))
-            or any(isinstance(x, bool) or not isinstance(x, int) for x in perm)):
-        raise RecordError(f"{where}: teacher_permutation {perm!r} is not a permutation of the {n} candidate "
-                          f"indices 0..{n - 1}")
-    scores = obj.get("teacher_scores")
-    if scores is None:
-        scores = [None] * n
-    if not isinstance(scores, list) or len(scores) != n or not all(
-            s is None or (isinstance(s, (int, float)) and not isinstance(s, bool)) for s in scores):
-        raise RecordError(f"{where}: teacher_scores must be a list of {n} numbers (or nulls) in candidate order")
+    perm = _permutation(obj.get("teacher_permutation"), n, where)
+    scores = _scores(obj.get("teacher_scores"), n, where)
     conf = obj.get("confidence", 0.0)
-    if not isinstance(conf, (int, float)) or isinstance(conf, bool):
+    if not _is_number(conf):
         raise RecordError(f"{where}: confidence must be a number")
     teacher = obj.get("teacher") or {}
     if not isinstance(teacher, dict):
@@ -270,9 +301,8 @@ def parse_record(obj: Any, *, base_dir: Path, where: str) -> Record:
         raise RecordError(f"{where}: content hash {h!r} does not match the record's query and candidates "
                           f"({rl.hash}); was the record edited?")
     return Record(id=rl.id, query_text=rl.query_text, query_image=rl.query_image, candidates=rl.candidates,
-                  labels=rl.labels, base_dir=rl.base_dir, where=where, teacher_permutation=list(perm),
-                  teacher_scores=[None if s is None else float(s) for s in scores], confidence=float(conf),
-                  teacher=teacher)
+                  labels=rl.labels, base_dir=rl.base_dir, where=where, teacher_permutation=perm,
+                  teacher_scores=scores, confidence=float(conf), teacher=teacher)
 
 
 def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, Any]]:
