@@ -40,7 +40,7 @@ import logging
 import os
 import random
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -406,40 +406,33 @@ def _language_targets(model: Any, names: Sequence[str]) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------- stages
-def train_stage(stage: Stage, cfg: TrainConfig, previous: str | None = None) -> Path:
-    """Train one stage; return the folder of its adapter (``<output>/<stage>/adapter``)."""
-    from transformers import EarlyStoppingCallback, TrainingArguments
-
-    stage.check()
+def _stage_records(stage: Stage) -> list[Any]:
+    """The stage's training records, only those of its modality unless it is ``"any"``."""
     records = read_records(stage.train)  # type: ignore[arg-type]
     if stage.modality != "any":
         records = [r for r in records if r.modality == stage.modality]
         if not records:
             raise InputError(f"stage {stage.name!r}: no {stage.modality} records in {stage.train}")
-    val = None
-    if stage.val:
-        val = _read_val(stage.val)
-    window = min(cfg.window_size, max(len(r.candidates) for r in records))
-    scorer = _load_scorer(stage.kind, cfg, window)
-    model = _wrap_peft(scorer, cfg, previous)
+    return records
+
+
+def _examples(stage: Stage, cfg: TrainConfig, scorer: Any, records: list[Any],
+              window: int) -> tuple[list[Any], Callable[[list[Any]], dict[str, Any]]]:
+    """The stage's training examples and the collate function that encodes a batch of them."""
     if stage.kind == "listwise":
-        items: list[Any] = listwise_examples(records, window)
+        return listwise_examples(records, window), lambda batch: encode_listwise(scorer, batch)
+    return pairwise_examples(records, cfg.pairwise_top), lambda batch: encode_pairwise(scorer, batch)
 
-        def collate(batch: list[Any]) -> dict[str, Any]:
-            return encode_listwise(scorer, batch)
-    else:
-        items = pairwise_examples(records, cfg.pairwise_top)
 
-        def collate(batch: list[Any]) -> dict[str, Any]:
-            return encode_pairwise(scorer, batch)
+def _training_arguments(stage: Stage, cfg: TrainConfig, ckpt_dir: Path, has_val: bool) -> Any:
+    """``transformers.TrainingArguments`` of a stage: the stage's batch size, learning rate and length over the
+    config's; bf16 on a CUDA device that supports it (unless set); best checkpoint by nDCG@10 with validation."""
+    from transformers import TrainingArguments
 
-    out_dir = Path(cfg.output_dir) / stage.name
-    ckpt_dir = out_dir / "checkpoints"
     cuda = torch.cuda.is_available() and (cfg.device in (None, "auto") or str(cfg.device).startswith("cuda"))
     bf16 = cfg.bf16 if cfg.bf16 is not None else (cuda and torch.cuda.is_bf16_supported())
     strategy = "steps" if cfg.eval_steps else "epoch"
-    has_val = bool(val)
-    args = TrainingArguments(
+    return TrainingArguments(
         output_dir=str(ckpt_dir), per_device_train_batch_size=stage.batch_size or cfg.batch_size,
         gradient_accumulation_steps=cfg.grad_accum, learning_rate=stage.learning_rate or cfg.learning_rate,
         lr_scheduler_type=cfg.lr_scheduler, warmup_steps=cfg.warmup_ratio, num_train_epochs=stage.epochs,
@@ -451,6 +444,26 @@ def train_stage(stage: Stage, cfg: TrainConfig, previous: str | None = None) -> 
         gradient_checkpointing=cfg.gradient_checkpointing,
         gradient_checkpointing_kwargs={"use_reentrant": False} if cfg.gradient_checkpointing else None,
         seed=cfg.seed, dataloader_num_workers=0, disable_tqdm=True, **cfg.extra_args)
+
+
+def train_stage(stage: Stage, cfg: TrainConfig, previous: str | None = None) -> Path:
+    """Train one stage; return the folder of its adapter (``<output>/<stage>/adapter``)."""
+    from transformers import EarlyStoppingCallback
+
+    stage.check()
+    records = _stage_records(stage)
+    val = None
+    if stage.val:
+        val = _read_val(stage.val)
+    window = min(cfg.window_size, max(len(r.candidates) for r in records))
+    scorer = _load_scorer(stage.kind, cfg, window)
+    model = _wrap_peft(scorer, cfg, previous)
+    items, collate = _examples(stage, cfg, scorer, records, window)
+
+    out_dir = Path(cfg.output_dir) / stage.name
+    ckpt_dir = out_dir / "checkpoints"
+    has_val = bool(val)
+    args = _training_arguments(stage, cfg, ckpt_dir, has_val)
     callbacks = []
     if has_val and cfg.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience))
