@@ -56,3 +56,27 @@ def test_arguments_are_checked():
     with pytest.raises(ValueError, match="2-d"):
         greedy_max_diversity([1.0, 0.0], 1)
     assert greedy_max_diversity([[1.0, 0.0]], 0) == []
+
+
+def _running_sum(emb: torch.Tensor, k: int, start: int = 0) -> list[int]:
+    """Algorithm 1 with the plain running sum: one full matrix-vector product per step (float64)."""
+    e = emb.double()
+    e = e / e.norm(dim=1, keepdim=True)
+    total = e @ e[start]
+    total[start] = float("inf")
+    chosen = [start]
+    while len(chosen) < k:
+        j = int(torch.argmin(total))
+        chosen.append(j)
+        total += e @ e[j]
+        total[j] = float("inf")
+    return chosen
+
+
+@pytest.mark.parametrize(("n", "d", "k"), [(5000, 32, 300), (3000, 8, 200), (700, 4, 699)])
+def test_the_float32_running_sum_makes_the_float64_choices_at_scale(n, d, k):
+    """At sizes the brute force cannot reach (thousands of items, k close to N, low dimensions where totals
+    crowd), the float32 running sum chooses what a float64 running sum chooses."""
+    g = torch.Generator().manual_seed(n + d)
+    emb = torch.randn(n, d, generator=g)
+    assert greedy_max_diversity(emb, k, start=7) == _running_sum(emb, k, start=7)
