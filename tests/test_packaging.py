@@ -200,12 +200,11 @@ def test_readme_is_a_standalone_pypi_page(name):
 
 # --- opt-in: each adapter installed alone into a fresh virtual environment --------------------------------
 
-SLOW = os.environ.get("MMRANK_SLOW_TESTS") == "1"
 _TORCH = "2.13.0"  # the CPU build pinned in requirements-dev.txt (pip finds it locally)
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not SLOW, reason="opt-in: set MMRANK_SLOW_TESTS=1 (installs into fresh venvs; minutes)")
+@pytest.mark.install  # deselected unless MMRANK_SLOW_TESTS=1 (root conftest.py)
 @pytest.mark.parametrize("name", PACKAGES)
 def test_each_package_installs_alone(dist, name, tmp_path):
     """``pip install <adapter wheel> <core wheel>`` (for the core: ``<core wheel>[serve]``) into a fresh venv
