@@ -15,7 +15,15 @@ from typing import Any
 from PIL import Image
 
 from ..errors import ImageLoadError, InputError
-from .images import DEFAULT_POLICY, ImageInput, ImagePolicy, load_image
+from .images import (
+    DEFAULT_POLICY,
+    ImageInput,
+    ImagePolicy,
+    PendingImage,
+    image_fingerprint,
+    load_image,
+    open_image,
+)
 
 
 def text_problem(text: Any) -> str | None:
@@ -39,26 +47,72 @@ def _check_image_type(image: Any, what: str) -> None:
 
 
 class _LazyImage:
-    """Holds an image source and loads it on first use (at most once, thread-safe)."""
+    """Holds an image source and reads it on first use, at most once, thread-safe: :meth:`size` reads as far
+    as the final size (header only where it can), :meth:`get` decodes. A failure is kept and raised again."""
 
-    __slots__ = ("source", "_image", "_error", "_lock")
+    __slots__ = ("source", "_image", "_pending", "_error", "_lock", "_fingerprint")
 
     def __init__(self, source: ImageInput):
         self.source = source
         self._image: Image.Image | None = None
+        self._pending: PendingImage | None = None  # header read, pixels not (or no longer) decoded
         self._error: ImageLoadError | None = None
         self._lock = threading.Lock()
+        self._fingerprint: str | None = None
+
+    def size(self, policy: ImagePolicy) -> tuple[int, int]:
+        with self._lock:
+            if self._image is not None:
+                return self._image.size
+            if self._pending is not None:
+                return self._pending.size
+            if self._error is None:
+                try:
+                    got = open_image(self.source, policy)
+                except ImageLoadError as exc:
+                    self._error = exc
+                else:
+                    if isinstance(got, PendingImage):
+                        self._pending = got
+                        return got.size
+                    self._image = got
+                    return got.size
+            raise self._error  # type: ignore[misc]
 
     def get(self, policy: ImagePolicy) -> Image.Image:
         with self._lock:
             if self._image is None and self._error is None:
                 try:
-                    self._image = load_image(self.source, policy)
+                    self._image = self._pending.decode() if self._pending is not None else load_image(self.source,
+                                                                                                     policy)
                 except ImageLoadError as exc:
                     self._error = exc
             if self._error is not None:
                 raise self._error
             return self._image  # type: ignore[return-value]
+
+    @property
+    def error(self) -> ImageLoadError | None:
+        return self._error
+
+    def fingerprint(self, policy: ImagePolicy) -> str:
+        """The decoded image's content hash; kept when the image came from encoded bytes (immutable), so a
+        later call need not decode it again to find it. A caller's PIL image is hashed each time (it may have
+        been changed in place)."""
+        known = self._fingerprint
+        if known is not None:
+            return known
+        fp = image_fingerprint(self.get(policy))
+        with self._lock:
+            if self._pending is not None:
+                self._fingerprint = fp
+        return fp
+
+    def release(self) -> None:
+        """Drop the decoded pixels when the encoded bytes are kept (they are decoded again if needed)."""
+        with self._lock:
+            if self._pending is not None:
+                self._image = None
 
 
 @dataclass(eq=False)
@@ -138,6 +192,46 @@ class Document:
         if self._lazy is None:
             raise InputError("document has no image")
         return self._lazy.get(policy)
+
+    def image_size(self, policy: ImagePolicy = DEFAULT_POLICY) -> tuple[int, int]:
+        """``(width, height)`` of the image :meth:`load_image` returns, read from the header where the format
+        tells it (JPEG, PNG, WebP: the pixels are decoded later, when :meth:`load_image` is called); every
+        check of the policy that does not need the pixels is made here.
+
+        Args:
+            policy: the limits that apply when reading it.
+
+        Raises:
+            ImageLoadError: the image cannot be read; the message names the source.
+            InputError: the document has no image.
+        """
+        if self._lazy is None:
+            raise InputError("document has no image")
+        return self._lazy.size(policy)
+
+    @property
+    def image_error(self) -> ImageLoadError | None:
+        """Why reading this document's image failed, once it was tried (``None``: no image, not tried yet, or
+        read). Scorers that decode images while scoring report it through :meth:`mmrank.Reranker.finish`."""
+        return self._lazy.error if self._lazy is not None else None
+
+    def image_fingerprint(self, policy: ImagePolicy = DEFAULT_POLICY) -> str:
+        """A content hash of the decoded image (:func:`mmrank.inputs.images.image_fingerprint`), the key of the
+        image-feature caches. Kept on the document for images read from encoded bytes, so a document ranked
+        again is not decoded again just to find its cached features.
+
+        Args:
+            policy: the limits that apply when reading it.
+        """
+        if self._lazy is None:
+            raise InputError("document has no image")
+        return self._lazy.fingerprint(policy)
+
+    def release_image(self) -> None:
+        """Free the decoded pixels of an image read from encoded bytes (a file, bytes, a URL, base64); the
+        bytes are kept and decoded again by the next :meth:`load_image`. A caller's PIL image is kept."""
+        if self._lazy is not None:
+            self._lazy.release()
 
     @classmethod
     def coerce(cls, value: Any) -> Document:
@@ -230,6 +324,17 @@ class Query:
         if self._lazy is None:
             raise InputError("query has no image")
         return self._lazy.get(policy)
+
+    def image_size(self, policy: ImagePolicy = DEFAULT_POLICY) -> tuple[int, int]:
+        """``(width, height)`` of the query image, from its header where the format tells it (see
+        :meth:`Document.image_size`).
+
+        Args:
+            policy: the limits that apply when reading it.
+        """
+        if self._lazy is None:
+            raise InputError("query has no image")
+        return self._lazy.size(policy)
 
     @classmethod
     def coerce(cls, value: Any) -> Query:

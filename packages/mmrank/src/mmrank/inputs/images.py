@@ -118,14 +118,18 @@ def _check_header(img: Image.Image, policy: ImagePolicy, source: str) -> None:
             f"{policy.max_pixels / 1e6:.1f} megapixels (ImagePolicy.max_pixels)", source=source)
 
 
-def decode_image_bytes(data: bytes, policy: ImagePolicy = DEFAULT_POLICY, source: str | None = None) -> Image.Image:
-    """Decode encoded image bytes into an RGB image, enforcing the policy's byte and pixel caps."""
-    source = source or f"{len(data)} bytes"
+def _check_bytes(data: bytes, policy: ImagePolicy, source: str) -> None:
     if len(data) > policy.max_bytes:
         raise ImageLoadError(f"image is {len(data)} bytes, over the limit of {policy.max_bytes} bytes "
                              "(ImagePolicy.max_bytes)", source=source)
     if not data:
         raise ImageLoadError("image is empty (0 bytes)", source=source)
+
+
+def decode_image_bytes(data: bytes, policy: ImagePolicy = DEFAULT_POLICY, source: str | None = None) -> Image.Image:
+    """Decode encoded image bytes into an RGB image, enforcing the policy's byte and pixel caps."""
+    source = source or f"{len(data)} bytes"
+    _check_bytes(data, policy, source)
     try:
         with warnings.catch_warnings():
             # Our own pixel cap replaces PIL's global one; turn its warning into nothing and its error
@@ -391,6 +395,12 @@ def _pinned_request(url: str, addr: str | None) -> tuple[str, dict[str, str], di
 
 
 def _fetch_url(url: str, policy: ImagePolicy) -> Image.Image:
+    return decode_image_bytes(_download(url, policy), policy, url)
+
+
+def _download(url: str, policy: ImagePolicy) -> bytes:
+    """The bytes at ``url`` under the policy (schemes, addresses pinned per hop, redirects, byte cap, one
+    deadline for the whole download)."""
     import time
 
     import httpx
@@ -426,7 +436,7 @@ def _fetch_url(url: str, policy: ImagePolicy) -> Image.Image:
                             raise ImageLoadError(f"image download exceeds {policy.max_bytes} bytes", source=url)
                         if time.monotonic() > deadline:
                             raise httpx.ReadTimeout("whole-download deadline passed")
-                    return decode_image_bytes(bytes(buf), policy, url)
+                    return bytes(buf)
         except httpx.TimeoutException:
             raise ImageLoadError(f"timed out after {policy.timeout:g}s fetching image", source=url) from None
         except httpx.HTTPError as exc:
@@ -467,6 +477,123 @@ def load_image(source: ImageInput, policy: ImagePolicy = DEFAULT_POLICY) -> Imag
     except Exception as exc:  # noqa: BLE001 - reading one image must never fail anything but that image
         raise ImageLoadError(f"could not read the image: {type(exc).__name__}: {exc}",
                              source=_safe_describe(source)) from None
+
+
+# Formats whose final size (after EXIF orientation) the header tells for sure; others are decoded at once.
+_SIZE_FROM_HEADER = frozenset({"JPEG", "MPO", "PNG", "WEBP"})
+# PNG chunks that can carry an orientation (EXIF, raw EXIF profile text, XMP): after IDAT they are read only
+# when the pixels are, so the header alone does not know the final size.
+_PNG_METADATA = frozenset({b"eXIf", b"tEXt", b"zTXt", b"iTXt"})
+_ORIENTATION = 0x0112
+_SWAPS_AXES = (5, 6, 7, 8)  # transpose, rotate 270, transverse, rotate 90
+
+
+class PendingImage:
+    """An image read as far as its header: encoded bytes whose format, size and policy caps are checked, the
+    pixels not decoded yet. ``size`` is the size :meth:`decode` returns (after EXIF orientation), so callers
+    can plan with it (patch grids, batches) and decode later, off their critical path.
+
+    Attributes:
+        data: the encoded bytes.
+        size: ``(width, height)`` of the decoded, EXIF-transposed image.
+        source: what the bytes came from, for error messages.
+    """
+
+    __slots__ = ("data", "size", "source", "policy")
+
+    def __init__(self, data: bytes, size: tuple[int, int], source: str, policy: ImagePolicy):
+        self.data = data
+        self.size = size
+        self.source = source
+        self.policy = policy
+
+    def decode(self) -> Image.Image:
+        """The decoded RGB image, exactly what :func:`load_image` returns for the same source.
+
+        Raises:
+            ImageLoadError: the pixels are corrupt or truncated, or they decode to another size than the
+                header promised (a malformed file).
+        """
+        img = decode_image_bytes(self.data, self.policy, self.source)
+        if img.size != self.size:
+            raise ImageLoadError(f"image decoded to {img.size[0]}x{img.size[1]}, not the {self.size[0]}x"
+                                 f"{self.size[1]} its header announced (malformed metadata)", source=self.source)
+        return img
+
+
+def open_image(source: ImageInput, policy: ImagePolicy = DEFAULT_POLICY) -> Image.Image | PendingImage:
+    """Read ``source`` as far as its final size: every check of :func:`load_image` that does not need the pixels
+    (source rules, byte cap, format, size, pixel cap) is made now; the pixel decoding is left to
+    :meth:`PendingImage.decode` where the header alone tells the final size (JPEG, PNG, WebP). Anything else —
+    a caller's PIL image, another format, an orientation stored after a PNG's pixel data — comes back
+    decoded, as :func:`load_image` returns it.
+
+    Args:
+        source: anything :func:`load_image` reads.
+        policy: the limits that apply.
+
+    Raises:
+        ImageLoadError: the image cannot be read or breaks the policy (as :func:`load_image`).
+        InputError: ``policy`` is not an :class:`ImagePolicy`.
+    """
+    if not isinstance(policy, ImagePolicy):
+        raise InputError(f"policy must be an mmrank.ImagePolicy, got {type(policy).__name__}")
+    try:
+        got = resolve_source(source, policy)
+        if got.image is not None:
+            return _pass_through(got.image, policy, got.source)
+        data, desc = (_download(got.url, policy), got.url) if got.url is not None else (got.data, got.source)
+        size = _final_size_from_header(data, policy, desc)  # type: ignore[arg-type]
+        if size is None:
+            return decode_image_bytes(data, policy, desc)  # type: ignore[arg-type]
+        return PendingImage(data, size, desc, policy)  # type: ignore[arg-type]
+    except ImageLoadError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - as load_image: one image's failure is only that image's
+        raise ImageLoadError(f"could not read the image: {type(exc).__name__}: {exc}",
+                             source=_safe_describe(source)) from None
+
+
+def _final_size_from_header(data: bytes, policy: ImagePolicy, source: str) -> tuple[int, int] | None:
+    """The size :func:`decode_image_bytes` will return, read from the header only; ``None`` when the header
+    cannot tell for sure (the caller then decodes at once, which also reports any error the usual way)."""
+    _check_bytes(data, policy, source)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+            _check_header(img, policy, source)
+            if img.format not in _SIZE_FROM_HEADER or (img.format == "PNG" and _png_metadata_after_pixels(data)):
+                return None
+            # The base class's reader: it looks only at what the header gave (EXIF, raw profile, XMP), where
+            # PNG's own would decode the pixels to look for more. exif_transpose reads the same tags.
+            orientation = Image.Image.getexif(img).get(_ORIENTATION, 1)
+    except ImageLoadError:
+        raise
+    except Exception:  # noqa: BLE001 - whatever the header reader raises, the full decode reports it
+        return None
+    w, h = img.size
+    try:
+        swapped = orientation in _SWAPS_AXES
+    except Exception:  # noqa: BLE001 - an exotic tag value: let the decoder decide
+        return None
+    return (h, w) if swapped else (w, h)
+
+
+def _png_metadata_after_pixels(data: bytes) -> bool:
+    """Whether a PNG holds a chunk that may carry an orientation after its first IDAT (or cannot be walked)."""
+    pos, seen_pixels = 8, False
+    while pos + 8 <= len(data):
+        length = int.from_bytes(data[pos:pos + 4], "big")
+        kind = data[pos + 4:pos + 8]
+        if kind == b"IEND":
+            return False
+        if kind == b"IDAT":
+            seen_pixels = True
+        elif seen_pixels and kind in _PNG_METADATA:
+            return True
+        pos += 12 + length
+    return True  # no IEND where it should be: malformed, decode at once
 
 
 def _safe_describe(source: Any) -> str:

@@ -1,7 +1,8 @@
 """Batching and prefetch machinery of the local scorers, independent of any one model.
 
-* :class:`ImageRef` / :class:`Item` — one image of a call (decoded image, its patch grid, its cache key once
-  computed) and one planned sequence (token ids, token types, its images);
+* :class:`ImageRef` / :class:`Item` — one image of a call (decoded image or a document's image decoded on first
+  use, its patch grid, its cache key once computed) and one planned sequence (token ids, token types, its
+  images);
 * :func:`plan_batches` — fixed-count or token-budget batches, optionally from length-sorted sequences;
 * :func:`prefetched` — prepared batches in order, the next one prepared in a producer thread while the
   caller runs the current one (errors reach the caller; the thread never outlives the call);
@@ -19,32 +20,68 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import torch
+from PIL import Image
 
-from ..inputs.images import image_fingerprint
+from ..inputs.documents import Document
+from ..inputs.images import ImagePolicy, image_fingerprint
 
 T = TypeVar("T")
 R = TypeVar("R")
 
-__all__ = ["ImageRef", "Item", "plan_batches", "prefetched", "WorkerPool", "DeviceFeed"]
+__all__ = ["ImageRef", "DocumentImage", "Item", "plan_batches", "prefetched", "WorkerPool", "DeviceFeed"]
 
 
 class ImageRef:
-    """One image of a call: the decoded image, its patch grid, and (once computed) its cache key
-    (content fingerprint + pixel budget). ``pinned``: used by every sequence of the call (an image query)."""
+    """One image of a call: its source, patch grid and (once computed) cache key (content fingerprint + pixel
+    budget). ``pinned``: used by every sequence of the call (an image query).
 
-    __slots__ = ("image", "grid", "budget", "key", "pinned")
+    The source is a decoded PIL image, or a :class:`DocumentImage` whose pixels are decoded on first use
+    (by the prefetch pipeline, in the worker pool) and may be released once the batch is prepared."""
 
-    def __init__(self, image, grid: tuple[int, int, int], budget: tuple[int, int]):
-        self.image = image
+    __slots__ = ("source", "grid", "budget", "key", "pinned")
+
+    def __init__(self, source: Image.Image | DocumentImage, grid: tuple[int, int, int], budget: tuple[int, int]):
+        self.source = source
         self.grid = grid
         self.budget = budget
         self.key: tuple | None = None
         self.pinned = False
 
+    @property
+    def image(self) -> Image.Image:
+        """The decoded image (decoded now if it was not yet; :class:`~mmrank.ImageLoadError` if it cannot be)."""
+        return self.source if isinstance(self.source, Image.Image) else self.source.load()
+
     def ensure_key(self) -> tuple:
         if self.key is None:
-            self.key = (image_fingerprint(self.image), *self.budget)
+            fp = image_fingerprint(self.source) if isinstance(self.source, Image.Image) else self.source.fingerprint()
+            self.key = (fp, *self.budget)
         return self.key
+
+    def release(self) -> None:
+        """Free the decoded pixels where they can be decoded again (see :meth:`mmrank.Document.release_image`)."""
+        if not isinstance(self.source, Image.Image):
+            self.source.release()
+
+
+class DocumentImage:
+    """A document's image as the pipeline sees it: decoded, fingerprinted and released on demand, under the
+    scorer's image policy."""
+
+    __slots__ = ("document", "policy")
+
+    def __init__(self, document: Document, policy: ImagePolicy):
+        self.document = document
+        self.policy = policy
+
+    def load(self) -> Image.Image:
+        return self.document.load_image(self.policy)
+
+    def fingerprint(self) -> str:
+        return self.document.image_fingerprint(self.policy)
+
+    def release(self) -> None:
+        self.document.release_image()
 
 
 class Item:

@@ -8,17 +8,21 @@
 themselves when they need to act between them (merge requests, answer HTTP errors, count tokens):
 
 1. :meth:`Reranker.prepare` → :class:`PreparedRanking`: check the call's arguments, coerce the query and the
-   documents, check the query and read its image, read every document image up front (in parallel, so
-   decoding is off the model's critical path) and record one error (or ``None``) per document; under
-   ``on_error="raise"`` the first document error is raised here, before any model work.
+   documents, check the query and read its image, read every document image up front (in parallel) and
+   record one error (or ``None``) per document; under ``on_error="raise"`` the first document error is raised
+   here, before any model work. A scorer that decodes pixels while it scores (``streams_images``: the
+   pointwise scorer, whose prefetch pipeline decodes each batch's images while the model runs the batch
+   before) reads only as far as each image's size here under ``on_error="last"``: the source rules, byte
+   and pixel caps, format and size are checked, the pixels are decoded later.
 2. the model step on the readable documents: :meth:`Reranker.rank_documents` (any scorer) or
    :meth:`PointwiseReranker.score_documents` (pointwise scorers: one score per document, independent of
    the other documents, so callers may merge documents of several calls that share a query).
 3. :meth:`Reranker.finish` → ``list[RankedDocument]``: the ranking at or above ``score_threshold``, then
-   the unreadable documents (``score=None``, ``error`` set), trimmed to ``top_n``.
+   the unreadable documents (``score=None``, ``error`` set), trimmed to ``top_n``. A document whose image
+   failed to decode during the model step (streaming scorers; its score there is NaN) is one of them.
 
 Backends implement only the hook ``_rank_documents`` (or, pointwise, ``_score_documents``); they may refine
-``_check_query``, ``_read_image``, ``_check_image`` and ``_prepare_documents``. Those hooks are private to
+``_check_query``, ``_read_image``, ``_check_image``, ``_check_image_size`` and ``_prepare_documents``. Those hooks are private to
 the scorer classes: code outside them uses the public steps above (``tests/test_layout.py`` checks this).
 """
 
@@ -196,6 +200,9 @@ class Reranker(ABC):
     supports_image_query: bool = True
     #: Whether documents may contain images.
     supports_image_documents: bool = True
+    #: Whether the model step decodes document images itself (in its own pipeline): ``prepare`` then reads
+    #: only their sizes under ``on_error="last"``, and ``finish`` reports images that fail to decode late.
+    streams_images: bool = False
 
     def __init__(self, *, on_error: OnError = "last", image_policy: ImagePolicy = DEFAULT_POLICY,
                  show_progress: bool = False, image_workers: int = 4):
@@ -359,9 +366,10 @@ class Reranker(ABC):
         """
         good = call.readable
         check_ranking(ranking, len(good))
+        late = _late_errors(call, good)
         threshold = call.score_threshold
         ordered = [RankedDocument(index=good[j], score=float(s), document=call.documents[good[j]])
-                   for j, s in ranking if threshold is None or float(s) >= threshold]
+                   for j, s in ranking if j not in late and (threshold is None or float(s) >= threshold)]
         failed = call.failed
         if failed:  # one line per call, however many documents failed
             more = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
@@ -392,21 +400,33 @@ class Reranker(ABC):
         :class:`ImageLoadError` / :class:`InputError`. Runs in worker threads for documents."""
         self._check_image(item.load_image(self.image_policy))
 
-    def _check_image(self, image) -> None:  # noqa: B027 - optional hook
-        """Raise :class:`InputError` for a decoded image this scorer cannot take (e.g. an aspect ratio its
-        image processor refuses). Called for every image query and image document; default: accept."""
+    def _peek_image(self, item: Document) -> None:
+        """What :meth:`_read_image` checks, from the image's header only (``streams_images`` scorers under
+        ``on_error="last"``): the pixels are decoded by the model step."""
+        self._check_image_size(*item.image_size(self.image_policy))
 
-    def _prepare_documents(self, documents: list[Document],
-                           errors: list[DocumentError | None] | None = None) -> list[DocumentError | None]:
+    def _check_image(self, image) -> None:
+        """Raise :class:`InputError` for a decoded image this scorer cannot take. Called for every image
+        query and image document that is decoded in ``prepare``; default: :meth:`_check_image_size`."""
+        self._check_image_size(*image.size)
+
+    def _check_image_size(self, width: int, height: int) -> None:  # noqa: B027 - optional hook
+        """Raise :class:`InputError` for an image size this scorer cannot take (e.g. an aspect ratio its image
+        processor refuses); default: accept."""
+
+    def _prepare_documents(self, documents: list[Document], errors: list[DocumentError | None] | None = None,
+                           *, decode: bool = True) -> list[DocumentError | None]:
         """Read every image up front, in parallel; return one error (or None) per document. ``errors``:
-        errors already known (those documents are skipped)."""
+        errors already known (those documents are skipped). ``decode=False``: read only as far as the sizes
+        (:meth:`_peek_image`); the model step decodes."""
         known = errors if errors is not None else [None] * len(documents)
         errors = [known[i] or self._shape_error(i, d) for i, d in enumerate(documents)]
         todo = [i for i, d in enumerate(documents) if d.has_image and errors[i] is None]
+        read = self._read_image if decode else self._peek_image
 
         def load(i: int) -> None:
             try:
-                self._read_image(documents[i])
+                read(documents[i])
             except ImageLoadError as exc:
                 errors[i] = exc.for_document(i, documents[i].id)
             except InputError as exc:
@@ -445,7 +465,10 @@ class Reranker(ABC):
         if not call.documents:
             return
         self._check_query(call.query)
-        call.errors = self._prepare_documents(call.documents, call.errors)
+        if self.streams_images and call.on_error == "last":  # sizes now, pixels in the model step
+            call.errors = self._prepare_documents(call.documents, call.errors, decode=False)
+        else:
+            call.errors = self._prepare_documents(call.documents, call.errors)
         failed = call.failed
         if failed and call.on_error == "raise":
             raise call.errors[failed[0]]  # type: ignore[misc]
@@ -499,6 +522,19 @@ def _in_input_order(ranked: list[RankedDocument]) -> list[float | None]:
     for r in ranked:
         scores[r.index] = r.score
     return scores
+
+
+def _late_errors(call: PreparedRanking, good: list[int]) -> set[int]:
+    """Positions (within ``good``) of documents whose image failed to decode during the model step; each
+    becomes that document's error in ``call.errors``."""
+    late: set[int] = set()
+    for j, i in enumerate(good):
+        doc = call.documents[i]
+        exc = doc.image_error if doc.has_image else None
+        if exc is not None:
+            call.errors[i] = exc.for_document(i, doc.id)
+            late.add(j)
+    return late
 
 
 def _id_suffix(doc: Document) -> str:

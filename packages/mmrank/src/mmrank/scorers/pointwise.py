@@ -27,9 +27,13 @@ Extensions beyond the reference (documented, opt-out where they could change num
 * rotary positions start at 0 at each sequence's first real token (the reference starts text-only rows
   at the padding count; RoPE is shift-invariant, so this changes scores only by float rounding and makes
   them independent of the batch a document lands in);
-* images are decoded in parallel up front; a batch's prompt length follows from the image size alone, so
-  batches are formed before any pixel work, and a producer thread fingerprints and preprocesses the images
-  of batch k+1 (in a pool) while the model runs batch k;
+* images are not decoded up front: ``prepare`` reads each image's header (size, format, policy caps; under
+  ``on_error="last"``), a batch's prompt length follows from the image size alone, so batches are formed
+  before any pixel work, and a producer thread decodes, fingerprints and preprocesses the images of batch
+  k+1 (in a pool) while the model runs batch k; the first batch waits only for its own images. An image
+  that fails to decode there becomes its document's error (``finish``), the rest of the batch is scored.
+  The decoded pixels of an image read from bytes are released once its batch is prepared (the bytes are
+  kept), so a call holds a few batches' pixels at a time, not all of them;
 * the vision tower runs through :class:`mmrank.models.features.VisionEncoder` (same computation as transformers',
   images of equal grid attended in one call), and its outputs are kept in an image-feature cache
   (:class:`mmrank.models.features.FeatureCache`, keyed by image content + pixel budget, bounded by bytes): a page
@@ -42,16 +46,18 @@ Extensions beyond the reference (documented, opt-out where they could change num
 from __future__ import annotations
 
 import logging
+import math
 import os
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
 import torch
+from PIL import Image
 
-from ..errors import InputError
+from ..errors import ImageLoadError, InputError
 from ..inputs.documents import Document, Query
 from ..inputs.images import DEFAULT_POLICY, ImagePolicy
-from ..models.batching import DeviceFeed, ImageRef, Item, WorkerPool, plan_batches, prefetched
+from ..models.batching import DeviceFeed, DocumentImage, ImageRef, Item, WorkerPool, plan_batches, prefetched
 from ..models.features import DEFAULT_CACHE_BYTES, FeatureCache
 from ..models.jina import SCORE_TOKEN_ID, JinaVLForRanking, logits_to_scores
 from ..models.loading import guarded_load
@@ -108,6 +114,10 @@ _SPEED_FIELDS = {f.name for f in fields(SpeedOptions)}
 class JinaRerankerM0(PointwiseReranker):
     """jina-reranker-m0 (Qwen2-VL-2B + MLP score head): one relevance score in (0, 1) per document.
 
+    Under ``on_error="last"`` document images are decoded by the scoring pipeline, batch by batch, while the
+    model runs the batch before; :meth:`score_documents` gives NaN to a document whose image fails to
+    decode there, and :meth:`finish` (so :meth:`rank`) reports it as that document's error.
+
     Args:
         model: model id on the Hugging Face hub or a local folder (default: the real checkpoint).
         batch_size: pairs per forward pass (reference default 8).
@@ -132,6 +142,8 @@ class JinaRerankerM0(PointwiseReranker):
             keyword (``device="cpu"``, ``dtype="float32"``, ``max_batch_tokens=4096``, ``prefetch=False``,
             ``feature_cache_bytes=0``, …); it overrides ``load`` / ``speed``.
     """
+
+    streams_images = True
 
     def __init__(self, model: str | os.PathLike = DEFAULT_MODEL, *, batch_size: int = 8, max_length: int = 10240,
                  max_query_length: int = 512, max_doc_length: int | None = None, min_pixels: int = MIN_PIXELS,
@@ -179,15 +191,17 @@ class JinaRerankerM0(PointwiseReranker):
         self._gpu_preprocess = self.device.type == "cuda" and self.processor.supports_device and speed.gpu_preprocess
 
     # ------------------------------------------------------------------ preparation
-    def _check_image(self, image) -> None:
-        self.processor.resized_size(*image.size)  # InputError for sizes the image processor refuses
+    def _check_image_size(self, width: int, height: int) -> None:
+        self.processor.resized_size(width, height)  # InputError for sizes the image processor refuses
 
     def _read_image(self, item: Document | Query) -> None:
         super()._read_image(item)
-        if item.text and IMAGE_PAD in item.text:
-            # The reference cannot score it: its processor counts one more image slot than there are images.
-            raise InputError(f"the text contains the image placeholder token {IMAGE_PAD} next to a real image; "
-                             "jina-reranker-m0 cannot tell them apart — remove the token from the text")
+        _check_no_placeholder(item)
+
+    def _peek_image(self, item: Document) -> None:
+        super()._peek_image(item)
+        _check_no_placeholder(item)
+
 
     def _doc_text(self, text: str, limit: int | None = None) -> str:
         # Reference: encode with truncation at max_doc_length; only if the limit was reached, decode.
@@ -201,9 +215,8 @@ class JinaRerankerM0(PointwiseReranker):
             return self.processor.tokenizer.decode(ids[: max(0, limit)])
         return text
 
-    def _image_ref(self, image) -> ImageRef:
-        return ImageRef(image, self.processor.image_grid(*image.size),
-                         (self.processor.min_pixels, self.processor.max_pixels))
+    def _image_ref(self, source: Image.Image | DocumentImage, size: tuple[int, int]) -> ImageRef:
+        return ImageRef(source, self.processor.image_grid(*size), (self.processor.min_pixels, self.processor.max_pixels))
 
     def _plan(self, query: Query, documents: list[Document]) -> list[Item]:
         """Prompts, token ids and image grids of every pair — no image is processed here (its patch grid
@@ -212,7 +225,8 @@ class JinaRerankerM0(PointwiseReranker):
         if query.has_image:
             if query.has_text:
                 raise InputError("jina-reranker-m0 takes a text query or an image query, not both")
-            query_ref = self._image_ref(query.load_image(self.image_policy))
+            image = query.load_image(self.image_policy)
+            query_ref = self._image_ref(image, image.size)
             query_ref.pinned = True  # the same image in every pair: encoded once per call
         # protect_text: a caller's "<|image_pad|>" stays the token the reference makes of it, never a slot
         query_part = IMAGE_PLACEHOLDER if query_ref is not None else protect_text(query.text or "")
@@ -228,7 +242,8 @@ class JinaRerankerM0(PointwiseReranker):
         for d in documents:
             images: list[ImageRef] = []
             if d.has_image:
-                images.append(self._image_ref(d.load_image(self.image_policy)))
+                # header size only: the pixels are decoded by the batch's producer
+                images.append(self._image_ref(DocumentImage(d, self.image_policy), d.image_size(self.image_policy)))
             if query_ref is not None:
                 images.append(query_ref)  # reference order: document image first, then the query image
             prompts.append(prompt_of(d))
@@ -273,15 +288,16 @@ class JinaRerankerM0(PointwiseReranker):
     def _score_documents(self, query: Query, documents: list[Document]) -> list[float]:
         items = self._plan(query, documents)
         batches = self._batches(items)
-        scores: list[float] = [0.0] * len(documents)
+        scores: list[float] = [math.nan] * len(documents)  # NaN stays where an image failed to decode
         self._call_local = {}
         self._pinned_scheduled = set()
         try:
             prepared = prefetched(batches, lambda b: self._prepare_batch(items, b), enabled=self.prefetch)
-            for batch, prep in _progress(zip(batches, prepared, strict=False), self.show_progress, "mmrank pointwise",
-                                         total=len(batches)):
+            for prep in _progress(prepared, self.show_progress, "mmrank pointwise", total=len(batches)):
+                if not prep.rows:
+                    continue
                 logits = self._forward_prepared(prep)
-                for j, s in zip(batch, logits_to_scores(logits).tolist(), strict=True):
+                for j, s in zip(prep.rows, logits_to_scores(logits).tolist(), strict=True):
                     scores[j] = float(s)
         finally:
             self._call_local = {}
@@ -290,13 +306,21 @@ class JinaRerankerM0(PointwiseReranker):
 
     # ------------------------------------------------------------------ batch preparation (producer side)
     def _prepare_batch(self, items: list[Item], batch: list[int]) -> _Prepared:
-        """Everything batch ``batch`` needs before the model runs: the images it must encode, preprocessed;
-        padded ids, host-built positions and image-token positions on the device."""
-        rows = [items[j] for j in batch]
+        """Everything batch ``batch`` needs before the model runs: its images decoded and fingerprinted (a
+        row whose image fails to decode is left out: its document's error is kept on the document), the
+        images it must encode preprocessed; padded ids, host-built positions and image-token positions on the
+        device."""
+        keep = self._decoded_rows(items, batch)
+        if not keep:
+            return _Prepared({}, [], [], [], {}, keep)
+        rows = [items[j] for j in keep]
         refs = [r for it in rows for r in it.images]
         need = self._images_to_encode(refs)
         feats = self._pool.map(self._process_image_on_device if self._gpu_preprocess else self._process_image,
                                need)
+        for r in refs:
+            if not r.pinned:
+                r.release()  # the pixels are in feats (or the cache); the bytes stay on the document
         host = self._host_tensors(rows)
         pixels = lambda: torch.cat([f.pixel_values for f in feats], dim=0)  # noqa: E731
         if feats and not self._gpu_preprocess:
@@ -305,13 +329,27 @@ class JinaRerankerM0(PointwiseReranker):
         if feats and self._gpu_preprocess:
             self._feed.add_on_device(inputs, "pixel_values", pixels)
         return _Prepared(inputs, [r.key for r in refs], [r.key for r in need], [f.grid_thw for f in feats],
-                         {r.key: r for r in refs})
+                         {r.key: r for r in refs}, keep)
+
+    def _decoded_rows(self, items: list[Item], batch: list[int]) -> list[int]:
+        """The rows of ``batch`` whose images all decode; their keys computed (in the pool). A failure stays
+        on the document (``Document.image_error``), where :meth:`finish` finds it."""
+        distinct = list({id(r): r for j in batch for r in items[j].images}.values())
+
+        def key(r: ImageRef) -> bool:
+            try:
+                r.ensure_key()
+            except ImageLoadError:
+                return False
+            return True
+
+        ok = {id(r) for r, good in zip(distinct, self._pool.map(key, distinct), strict=True) if good}
+        return [j for j in batch if all(id(r) in ok for r in items[j].images)]
 
     def _images_to_encode(self, refs: list[ImageRef]) -> list[ImageRef]:
-        """The distinct images of a batch not yet encoded in this call, not scheduled by an earlier batch
-        (a pinned query image) and not in the feature cache; keys are computed first (in the pool)."""
+        """The distinct images of a batch (keys computed) not yet encoded in this call, not scheduled by an
+        earlier batch (a pinned query image) and not in the feature cache."""
         distinct = list({id(r): r for r in refs}.values())
-        self._pool.map(lambda r: r.ensure_key(), distinct)
         need: dict[Any, ImageRef] = {}
         for r in distinct:
             if r.key in need or r.key in self._call_local or r.key in self._pinned_scheduled \
@@ -407,14 +445,22 @@ def _checked(ref: ImageRef, feats: ImageFeatures) -> ImageFeatures:
 
 
 class _Prepared:
-    __slots__ = ("inputs", "slot_keys", "need_keys", "need_grids", "refs")
+    __slots__ = ("inputs", "slot_keys", "need_keys", "need_grids", "refs", "rows")
 
-    def __init__(self, inputs, slot_keys, need_keys, need_grids, refs):
+    def __init__(self, inputs, slot_keys, need_keys, need_grids, refs, rows):
         self.inputs = inputs
         self.slot_keys = slot_keys
         self.need_keys = need_keys
         self.need_grids = need_grids
         self.refs = refs
+        self.rows = rows  # positions (in the call's documents) of the batch's rows that are scored
+
+
+def _check_no_placeholder(item: Document | Query) -> None:
+    if item.text and IMAGE_PAD in item.text:
+        # The reference cannot score it: its processor counts one more image slot than there are images.
+        raise InputError(f"the text contains the image placeholder token {IMAGE_PAD} next to a real image; "
+                         "jina-reranker-m0 cannot tell them apart — remove the token from the text")
 
 
 def _progress(items, enabled: bool, desc: str, total: int | None = None):

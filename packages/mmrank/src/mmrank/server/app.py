@@ -176,13 +176,13 @@ class RerankService:
 
     def prepare(self, req: RerankRequest, query: Query, docs: list[Document],
                 errors: list[InputError | None]) -> tuple[PreparedRanking, int]:
-        """In an image thread: read every image under the pixel budget, then the scorer's own preparation
+        """In an image thread: read every image's size (header only where the format allows; the scorer decodes) under the pixel budget, then the scorer's own preparation
         (its query check and per-document checks); ``usage.total_tokens`` of the readable documents."""
         cfg = self.config
         budget = _PixelBudget(cfg.max_total_pixels)
         try:
             if query.has_image:
-                w, h = query.load_image(self.policy).size
+                w, h = query.image_size(self.policy)
                 budget.add(w * h)
         except InputError as exc:
             raise HTTPError(422, f"query: {exc}") from None
@@ -191,7 +191,7 @@ class RerankService:
             if budget.exceeded:
                 return
             try:
-                w, h = docs[i].load_image(self.policy).size
+                w, h = docs[i].image_size(self.policy)
             except ImageLoadError:
                 return  # reported by the scorer's checks below, with its index
             budget.add(w * h)
@@ -234,7 +234,7 @@ class RerankService:
             def image_tokens(item: Document | Query) -> int:
                 if not item.has_image:
                     return 0
-                w, h = item.load_image(self.policy).size
+                w, h = item.image_size(self.policy)
                 if unit:
                     rw, rh = proc.resized_size(w, h)  # type: ignore[union-attr]
                     return (rw * rh) // unit
