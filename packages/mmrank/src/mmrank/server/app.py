@@ -176,8 +176,10 @@ class RerankService:
 
     def prepare(self, req: RerankRequest, query: Query, docs: list[Document],
                 errors: list[InputError | None]) -> tuple[PreparedRanking, int]:
-        """In an image thread: read every image's size (header only where the format allows; the scorer decodes) under the pixel budget, then the scorer's own preparation
-        (its query check and per-document checks); ``usage.total_tokens`` of the readable documents."""
+        """In an image thread: read every image's size under the pixel budget (from its header where the
+        format tells it; a streaming scorer decodes the pixels while it scores), then the scorer's own
+        preparation (its query check and per-document checks); ``usage.total_tokens`` of the readable
+        documents."""
         cfg = self.config
         budget = _PixelBudget(cfg.max_total_pixels)
         try:
