@@ -62,6 +62,8 @@ class _LazyImage:
 
     def size(self, policy: ImagePolicy) -> tuple[int, int]:
         with self._lock:
+            if self._error is not None:  # a failure is kept, whether found from the header or the pixels
+                raise self._error
             if self._image is not None:
                 return self._image.size
             if self._pending is not None:

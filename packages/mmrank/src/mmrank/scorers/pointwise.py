@@ -218,9 +218,10 @@ class JinaRerankerM0(PointwiseReranker):
     def _image_ref(self, source: Image.Image | DocumentImage, size: tuple[int, int]) -> ImageRef:
         return ImageRef(source, self.processor.image_grid(*size), (self.processor.min_pixels, self.processor.max_pixels))
 
-    def _plan(self, query: Query, documents: list[Document]) -> list[Item]:
+    def _plan(self, query: Query, documents: list[Document]) -> list[Item | None]:
         """Prompts, token ids and image grids of every pair — no image is processed here (its patch grid
-        follows from its size), so the batches can be formed before any pixel work starts."""
+        follows from its size), so the batches can be formed before any pixel work starts. ``None`` for a
+        document whose image is known to be unreadable (its error stays on the document)."""
         query_ref = None
         if query.has_image:
             if query.has_text:
@@ -238,25 +239,29 @@ class JinaRerankerM0(PointwiseReranker):
                 doc_part = protect_text(self._doc_text(d.text or "", text_limit))
             return jina_prompt(doc_part, query_part)
 
-        prompts, refs = [], []
-        for d in documents:
+        prompts, refs, live = [], [], []
+        for k, d in enumerate(documents):
             images: list[ImageRef] = []
             if d.has_image:
-                # header size only: the pixels are decoded by the batch's producer
-                images.append(self._image_ref(DocumentImage(d, self.image_policy), d.image_size(self.image_policy)))
+                try:  # header size only: the pixels are decoded by the batch's producer
+                    size = d.image_size(self.image_policy)
+                except ImageLoadError:
+                    continue  # failed earlier (e.g. a late decode failure of a document passed again)
+                images.append(self._image_ref(DocumentImage(d, self.image_policy), size))
+            live.append(k)
             if query_ref is not None:
                 images.append(query_ref)  # reference order: document image first, then the query image
             prompts.append(prompt_of(d))
             refs.append(images)
         token_lists = self.processor.token_ids_many(prompts, [[r.grid for r in imgs] for imgs in refs])
         limit = self.max_length - 1  # reference: the processor gets max_length - 1, token 100 is appended
-        items = []
-        for k, ((ids, tt), imgs) in enumerate(zip(token_lists, refs, strict=True)):
+        items: list[Item | None] = [None] * len(documents)
+        for k, (ids, tt), imgs in zip(live, token_lists, refs, strict=True):
             if len(ids) > limit and any(tt[limit:]):
                 ids, tt = self._fit_text(documents[k], k, prompt_of, [r.grid for r in imgs], len(ids) - limit)
             if len(ids) > limit:
                 ids, tt = ids[:limit], tt[:limit]
-            items.append(Item(ids + [SCORE_TOKEN_ID], tt + [0], imgs))
+            items[k] = Item(ids + [SCORE_TOKEN_ID], tt + [0], imgs)
         return items
 
     def _fit_text(self, doc: Document, index: int, prompt_of, grids, excess: int) -> tuple[list[int], list[int]]:
@@ -280,9 +285,11 @@ class JinaRerankerM0(PointwiseReranker):
                          f"does not fit in max_length={self.max_length} tokens without cutting through an image; "
                          "raise max_length or lower max_pixels")
 
-    def _batches(self, items: list[Item]) -> list[list[int]]:
-        return plan_batches([len(it.ids) for it in items], self.batch_size, self.max_batch_tokens,
-                            self.sort_by_length)
+    def _batches(self, items: list[Item | None]) -> list[list[int]]:
+        live = [k for k, it in enumerate(items) if it is not None]
+        batches = plan_batches([len(items[k].ids) for k in live], self.batch_size,  # type: ignore[union-attr]
+                               self.max_batch_tokens, self.sort_by_length)
+        return [[live[j] for j in b] for b in batches]
 
     # ------------------------------------------------------------------ scoring
     def _score_documents(self, query: Query, documents: list[Document]) -> list[float]:
