@@ -1,12 +1,18 @@
-"""Host side of the pointwise scorer on full-size pages: how long before the first batch runs (issue 15).
+"""Host side of the pointwise scorer on full-size pages: when does the first batch run (issue 15).
 
 N document pages of 1700x2200 px (PNG files made by code, a scanned-letter size) are ranked by the tiny
-random jina-reranker-m0 on the CPU, where the run is host-bound. Printed: the time of ``prepare`` (every image
-decoded up front today), the time from the call's start to the first model batch, and the total time —
-the numbers the streaming of image decoding into the prefetch pipeline is to improve (time-to-first-batch
-should then be the decode of one batch's images, not of all of them).
+random jina-reranker-m0 on the CPU, where the run is host-bound. Two systems, interleaved in one run:
 
-    python benchmarks/bench_host_stream.py --n 100 --threads 1
+* ``up-front``: every image decoded in ``prepare`` before any model work — the library's path before the
+  streaming change, and still its path under ``on_error="raise"`` (which must see every error before
+  scoring), so it is measured with ``on_error="raise"``;
+* ``streaming`` (the default, ``on_error="last"``): ``prepare`` reads headers only; each batch's producer
+  decodes its own images while the model runs the batch before.
+
+Printed per run: the time of ``prepare``, the time from the call's start to the first model batch, the
+total, and the most decoded pages held at once (sampled at every batch).
+
+    python benchmarks/bench_host_stream.py --n 100 --threads 1 --reps 2
 """
 
 from __future__ import annotations
@@ -64,6 +70,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--n", type=int, default=100)
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--reps", type=int, default=2)
     ap.add_argument("--folder", default=os.path.join(tempfile.gettempdir(), "mmrank-bench-pages-1700x2200"))
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
@@ -76,30 +83,37 @@ def main() -> int:
     # no feature cache: every run encodes every page (cold), as a new set of pages would
     ranker = JinaRerankerM0("tiny", load_format="dummy", device="cpu", dtype="float32", feature_cache_bytes=0)
     first: list[float] = []
+    held: list[int] = []
+    docs: list[Document] = []
     real = ranker._forward_prepared
 
     def spy(prep):
         if not first:
             first.append(time.perf_counter())
+        held.append(sum(d._lazy is not None and d._lazy._image is not None for d in docs))
         return real(prep)
 
     ranker._forward_prepared = spy  # type: ignore[method-assign]
     ranker.rank("warm-up", [Document(text="x")])
     rows = []
-    for rep in range(2):
-        first.clear()
-        docs = [Document(image=p) for p in paths]  # fresh documents: no decoded image cached on them
-        t0 = time.perf_counter()
-        call = ranker.prepare(f"query {rep}", docs)
-        t_prep = time.perf_counter()
-        ranking = ranker.rank_documents(call.query, call.readable_documents)
-        out = ranker.finish(call, ranking)
-        t_end = time.perf_counter()
-        assert len(out) == args.n and all(r.error is None for r in out)
-        row = {"prepare_s": t_prep - t0, "first_batch_s": first[0] - t0, "total_s": t_end - t0}
-        rows.append(row)
-        print(f"run {rep}: prepare (decode all) {row['prepare_s']:.2f} s, first batch starts at "
-              f"{row['first_batch_s']:.2f} s, total {row['total_s']:.2f} s", flush=True)
+    for rep in range(args.reps):
+        for system, on_error in (("up-front", "raise"), ("streaming", "last")):
+            first.clear()
+            held.clear()
+            docs[:] = [Document(image=p) for p in paths]  # fresh documents: nothing decoded or cached on them
+            t0 = time.perf_counter()
+            call = ranker.prepare(f"query {rep}", docs, on_error=on_error)
+            t_prep = time.perf_counter()
+            ranking = ranker.rank_documents(call.query, call.readable_documents)
+            out = ranker.finish(call, ranking)
+            t_end = time.perf_counter()
+            assert len(out) == args.n and all(r.error is None for r in out)
+            row = {"system": system, "rep": rep, "prepare_s": t_prep - t0, "first_batch_s": first[0] - t0,
+                   "total_s": t_end - t0, "max_pages_held": max(held)}
+            rows.append(row)
+            print(f"run {rep} {system:>9}: prepare {row['prepare_s']:.2f} s, first batch starts at "
+                  f"{row['first_batch_s']:.2f} s, total {row['total_s']:.2f} s, at most "
+                  f"{row['max_pages_held']} decoded pages held", flush=True)
     result = {"n": args.n, "page": SIZE, "rows": rows, "threads": torch.get_num_threads(),
               "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "load_avg": os.getloadavg()},
               "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
