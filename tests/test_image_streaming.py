@@ -20,7 +20,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from mmrank import Document, ImagePolicy, JinaRerankerM0
 from mmrank.errors import ImageLoadError
-from mmrank.inputs import images as images_mod
 from mmrank.inputs.images import PendingImage, load_image, open_image
 from mmrank_testkit import sample_image
 from PIL import Image
@@ -328,11 +327,16 @@ def test_the_server_reports_a_late_decode_failure_per_document(jina_reranker):
     with TestClient(app) as client:
         body = {"query": "q", "documents": [{"image": base64.b64encode(_png(1)).decode()},
                                             {"image": base64.b64encode(_corrupt_png()).decode()},
-                                            "some text"]}
+                                            "some text"], "on_error": "last"}
         resp = client.post("/v1/rerank", json=body)
+        strict = client.post("/v1/rerank", json={**body, "on_error": "raise"})
+        metrics = client.get("/metrics").text
     assert resp.status_code == 200, resp.text
     results = resp.json()["results"]
     assert sorted(x["index"] for x in results) == [0, 1, 2]
     bad = [x for x in results if x["index"] == 1][0]
     assert bad["relevance_score"] is None and "truncated" in bad["error"]
-    assert images_mod  # the module under test is the library's own
+    # a request that asks for "raise" is answered before any model work, naming the document
+    assert strict.status_code == 422 and "document 1" in strict.text and "truncated" in strict.text
+    errors = [line for line in metrics.splitlines() if line.startswith("mmrank_document_errors_total")]
+    assert errors and float(errors[0].split()[-1]) == 2.0, errors  # the late one counted, and the strict one

@@ -189,11 +189,16 @@ class RerankService:
         except InputError as exc:
             raise HTTPError(422, f"query: {exc}") from None
 
+        def size(d: Document) -> tuple[int, int]:
+            # "raise" answers 422 before any model work, so every image is decoded now; otherwise the scorer
+            # may decode while it scores (and report a late failure as that document's error).
+            return d.load_image(self.policy).size if req.on_error == "raise" else d.image_size(self.policy)
+
         def load(i: int) -> None:
             if budget.exceeded:
                 return
             try:
-                w, h = docs[i].image_size(self.policy)
+                w, h = size(docs[i])
             except ImageLoadError:
                 return  # reported by the scorer's checks below, with its index
             budget.add(w * h)
@@ -293,6 +298,8 @@ class RerankService:
             raise HTTPError(422, f"{call.errors[bad[0]]}{more}; send \"on_error\": \"last\" to rank unreadable "
                                  "documents last instead", document_index=bad[0])
         ranked = self.scorer.finish(call, await self.model_step(call))
+        if len(call.failed) > len(bad):  # images whose pixels failed to decode while the scorer ran
+            self.metrics.document_errors(len(call.failed) - len(bad))
         self.count_scored(len(call.readable_documents))
         return JSONResponse({"id": f"rerank-{uuid.uuid4().hex}", "model": self.served_name,
                              "usage": {"total_tokens": tokens}, "results": [self.result(req, r) for r in ranked],
