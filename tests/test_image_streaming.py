@@ -117,14 +117,21 @@ def test_the_size_read_from_the_header_is_the_decoded_size(fmt, where, orientati
 
 @pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP"])
 def test_common_formats_are_not_decoded_to_read_their_size(fmt):
-    assert isinstance(open_image(encoded(fmt, 6, "exif")), PendingImage)
-    assert isinstance(open_image(encoded(fmt, 1, "none")), PendingImage)
+    for data in (encoded(fmt, 6, "exif"), encoded(fmt, 1, "none")):
+        got = open_image(data)
+        assert isinstance(got, PendingImage) and got.decoded is None and got.data == data
 
 
 @pytest.mark.parametrize("where", ["exif-late", "xmp-late", "raw-late"])
 def test_a_png_orientation_after_the_pixels_is_found_by_decoding_at_once(where):
     got = open_image(encoded("PNG", 6, where))
-    assert isinstance(got, Image.Image) and got.size == (34, 60)
+    assert isinstance(got, PendingImage) and got.decoded is not None and got.size == got.decoded.size == (34, 60)
+
+
+def test_a_callers_pil_image_is_returned_as_it_is():
+    img = sample_image(1, (40, 30)).convert("P")
+    got = open_image(img)
+    assert isinstance(got, Image.Image) and got.mode == "P" and got.size == (40, 30)
 
 
 def _corrupt_png(size=(300, 200), seed=3) -> bytes:
@@ -289,11 +296,19 @@ def test_pixels_are_released_after_their_batch_and_a_warm_cache_needs_no_decode(
     first = r.score("q", docs)
     assert len(decodes) == 6
     assert all(d._lazy._image is None for d in docs)  # released: the call held a few batches, not all
-    again = r.score("another query", docs)  # same documents: fingerprints kept, features cached
+    again = r.score("another query", docs)  # same documents: features cached, found by their bytes
     assert len(decodes) == 6
-    assert r.feature_cache.stats().hits >= 6
+    fresh = r.score("a third query", [Document(image=_png(i)) for i in range(6)])  # new objects, same bytes
+    assert len(decodes) == 6  # a page whose features are cached is never decoded
+    assert r.feature_cache.stats().hits >= 12
     assert docs[0].load_image().size == (84, 84)  # still readable for the caller (decoded again)
-    assert len(first) == len(again) == 6
+    assert len(decodes) == 7
+    assert len(first) == len(again) == len(fresh) == 6
+    # a caller's PIL image is keyed by its pixels, checked each call: changed in place, it is encoded anew
+    img = sample_image(7, (84, 84))
+    before = r.score("q", [Document(image=img)])[0]
+    img.paste((255, 0, 0), (0, 0, 84, 84))
+    assert r.score("q", [Document(image=img)])[0] != before
 
 
 @settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -6,6 +6,7 @@ adapters and users can map results back. Images load lazily, once, through :mod:
 
 from __future__ import annotations
 
+import hashlib
 import os
 import threading
 from collections.abc import Iterable, Mapping, Sequence
@@ -21,7 +22,6 @@ from .images import (
     ImagePolicy,
     PendingImage,
     image_fingerprint,
-    load_image,
     open_image,
 )
 
@@ -47,68 +47,70 @@ def _check_image_type(image: Any, what: str) -> None:
 
 
 class _LazyImage:
-    """Holds an image source and reads it on first use, at most once, thread-safe: :meth:`size` reads as far
-    as the final size (header only where it can), :meth:`get` decodes. A failure is kept and raised again."""
+    """Holds an image source and reads it on first use, at most once, thread-safe. :meth:`size` reads as far
+    as the final size (the header only, where the format tells it); :meth:`get` decodes. Encoded bytes (from
+    a file, a URL, base64, bytes) are kept, so the pixels can be released and decoded again, and the image's
+    fingerprint is a hash of those bytes (the same bytes always decode to the same pixels). A failure is
+    kept and raised again."""
 
     __slots__ = ("source", "_image", "_pending", "_error", "_lock", "_fingerprint")
 
     def __init__(self, source: ImageInput):
         self.source = source
         self._image: Image.Image | None = None
-        self._pending: PendingImage | None = None  # header read, pixels not (or no longer) decoded
+        self._pending: PendingImage | None = None  # the encoded bytes and their final size
         self._error: ImageLoadError | None = None
         self._lock = threading.Lock()
         self._fingerprint: str | None = None
 
+    def _open(self, policy: ImagePolicy) -> None:
+        """Read as far as the size (holding the lock); raise the kept failure."""
+        if self._error is None and self._image is None and self._pending is None:
+            try:
+                got = open_image(self.source, policy)
+            except ImageLoadError as exc:
+                self._error = exc
+            else:
+                if isinstance(got, PendingImage):
+                    self._pending = got
+                    self._image, got.decoded = got.decoded, None  # decoded at once when the header could not tell
+                else:
+                    self._image = got
+        if self._error is not None:
+            raise self._error
+
     def size(self, policy: ImagePolicy) -> tuple[int, int]:
         with self._lock:
-            if self._error is not None:  # a failure is kept, whether found from the header or the pixels
-                raise self._error
-            if self._image is not None:
-                return self._image.size
-            if self._pending is not None:
-                return self._pending.size
-            if self._error is None:
-                try:
-                    got = open_image(self.source, policy)
-                except ImageLoadError as exc:
-                    self._error = exc
-                else:
-                    if isinstance(got, PendingImage):
-                        self._pending = got
-                        return got.size
-                    self._image = got
-                    return got.size
-            raise self._error  # type: ignore[misc]
+            self._open(policy)
+            return self._image.size if self._image is not None else self._pending.size  # type: ignore[union-attr]
 
     def get(self, policy: ImagePolicy) -> Image.Image:
         with self._lock:
-            if self._image is None and self._error is None:
+            self._open(policy)
+            if self._image is None:
                 try:
-                    self._image = self._pending.decode() if self._pending is not None else load_image(self.source,
-                                                                                                     policy)
+                    self._image = self._pending.decode()  # type: ignore[union-attr]
                 except ImageLoadError as exc:
                     self._error = exc
-            if self._error is not None:
-                raise self._error
-            return self._image  # type: ignore[return-value]
+                    raise
+            return self._image
 
     @property
     def error(self) -> ImageLoadError | None:
         return self._error
 
     def fingerprint(self, policy: ImagePolicy) -> str:
-        """The decoded image's content hash; kept when the image came from encoded bytes (immutable), so a
-        later call need not decode it again to find it. A caller's PIL image is hashed each time (it may have
-        been changed in place)."""
-        known = self._fingerprint
-        if known is not None:
-            return known
-        fp = image_fingerprint(self.get(policy))
+        """A content key of the image: a hash of its encoded bytes (no decoding needed), or of the pixels of a
+        caller's PIL image (hashed each time: it may have been changed in place)."""
         with self._lock:
+            self._open(policy)
             if self._pending is not None:
-                self._fingerprint = fp
-        return fp
+                if self._fingerprint is None:
+                    digest = hashlib.blake2b(self._pending.data, digest_size=16).hexdigest()
+                    self._fingerprint = f"bytes:{digest}"
+                return self._fingerprint
+            image = self._image
+        return image_fingerprint(image)  # type: ignore[arg-type]
 
     def release(self) -> None:
         """Drop the decoded pixels when the encoded bytes are kept (they are decoded again if needed)."""
@@ -218,9 +220,10 @@ class Document:
         return self._lazy.error if self._lazy is not None else None
 
     def image_fingerprint(self, policy: ImagePolicy = DEFAULT_POLICY) -> str:
-        """A content hash of the decoded image (:func:`mmrank.inputs.images.image_fingerprint`), the key of the
-        image-feature caches. Kept on the document for images read from encoded bytes, so a document ranked
-        again is not decoded again just to find its cached features.
+        """A content key of the image, the key of the image-feature caches: a hash of the encoded bytes for an
+        image read from a file, a URL, base64 or bytes (found without decoding the pixels: a page whose
+        features are cached is never decoded), or of the pixels of a caller's PIL image
+        (:func:`mmrank.inputs.images.image_fingerprint`).
 
         Args:
             policy: the limits that apply when reading it.

@@ -497,15 +497,19 @@ class PendingImage:
         data: the encoded bytes.
         size: ``(width, height)`` of the decoded, EXIF-transposed image.
         source: what the bytes came from, for error messages.
+        decoded: the decoded image when :func:`open_image` had to decode it to know its size, else ``None``.
     """
 
-    __slots__ = ("data", "size", "source", "policy")
+    __slots__ = ("data", "size", "source", "policy", "decoded")
 
-    def __init__(self, data: bytes, size: tuple[int, int], source: str, policy: ImagePolicy):
+    def __init__(self, data: bytes, size: tuple[int, int], source: str, policy: ImagePolicy,
+                 decoded: Image.Image | None = None):
         self.data = data
         self.size = size
         self.source = source
         self.policy = policy
+        #: the pixels, when they had to be decoded to know the size (else ``None`` until :meth:`decode`)
+        self.decoded = decoded
 
     def decode(self) -> Image.Image:
         """The decoded RGB image, exactly what :func:`load_image` returns for the same source.
@@ -523,10 +527,11 @@ class PendingImage:
 
 def open_image(source: ImageInput, policy: ImagePolicy = DEFAULT_POLICY) -> Image.Image | PendingImage:
     """Read ``source`` as far as its final size: every check of :func:`load_image` that does not need the pixels
-    (source rules, byte cap, format, size, pixel cap) is made now; the pixel decoding is left to
-    :meth:`PendingImage.decode` where the header alone tells the final size (JPEG, PNG, WebP). Anything else —
-    a caller's PIL image, another format, an orientation stored after a PNG's pixel data — comes back
-    decoded, as :func:`load_image` returns it.
+    (source rules, byte cap, format, size, pixel cap) is made now. Encoded bytes (a file, a URL, base64,
+    bytes) come back as a :class:`PendingImage`; the pixel decoding is left to :meth:`PendingImage.decode`
+    where the header alone tells the final size (JPEG, PNG, WebP) — for another format, or an orientation
+    stored after a PNG's pixel data, the pixels are decoded now (``PendingImage.decoded``). A caller's PIL
+    image comes back as :func:`load_image` returns it.
 
     Args:
         source: anything :func:`load_image` reads.
@@ -545,7 +550,8 @@ def open_image(source: ImageInput, policy: ImagePolicy = DEFAULT_POLICY) -> Imag
         data, desc = (_download(got.url, policy), got.url) if got.url is not None else (got.data, got.source)
         size = _final_size_from_header(data, policy, desc)  # type: ignore[arg-type]
         if size is None:
-            return decode_image_bytes(data, policy, desc)  # type: ignore[arg-type]
+            img = decode_image_bytes(data, policy, desc)  # type: ignore[arg-type]
+            return PendingImage(data, img.size, desc, policy, decoded=img)  # type: ignore[arg-type]
         return PendingImage(data, size, desc, policy)  # type: ignore[arg-type]
     except ImageLoadError:
         raise

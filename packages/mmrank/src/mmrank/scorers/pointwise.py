@@ -339,19 +339,25 @@ class JinaRerankerM0(PointwiseReranker):
                          {r.key: r for r in refs}, keep)
 
     def _decoded_rows(self, items: list[Item], batch: list[int]) -> list[int]:
-        """The rows of ``batch`` whose images all decode; their keys computed (in the pool). A failure stays
-        on the document (``Document.image_error``), where :meth:`finish` finds it."""
+        """The rows of ``batch`` whose images are ready: keyed (a hash of the encoded bytes: no decoding) and,
+        unless their features are already at hand (cache, this call), decoded — in the pool, each document's
+        own image, so a failure lands on every document it concerns (``Document.image_error``, where
+        :meth:`finish` finds it)."""
         distinct = list({id(r): r for j in batch for r in items[j].images}.values())
 
-        def key(r: ImageRef) -> bool:
+        def ready(r: ImageRef) -> bool:
             try:
-                r.ensure_key()
+                if not self._features_at_hand(r.ensure_key()):
+                    r.image  # noqa: B018 - decode now, off the model's thread
             except ImageLoadError:
                 return False
             return True
 
-        ok = {id(r) for r, good in zip(distinct, self._pool.map(key, distinct), strict=True) if good}
+        ok = {id(r) for r, good in zip(distinct, self._pool.map(ready, distinct), strict=True) if good}
         return [j for j in batch if all(id(r) in ok for r in items[j].images)]
+
+    def _features_at_hand(self, key: tuple) -> bool:
+        return key in self._call_local or key in self._pinned_scheduled or key in self.feature_cache
 
     def _images_to_encode(self, refs: list[ImageRef]) -> list[ImageRef]:
         """The distinct images of a batch (keys computed) not yet encoded in this call, not scheduled by an
@@ -359,8 +365,7 @@ class JinaRerankerM0(PointwiseReranker):
         distinct = list({id(r): r for r in refs}.values())
         need: dict[Any, ImageRef] = {}
         for r in distinct:
-            if r.key in need or r.key in self._call_local or r.key in self._pinned_scheduled \
-                    or r.key in self.feature_cache:
+            if r.key in need or self._features_at_hand(r.key):  # type: ignore[arg-type]
                 continue
             if r.pinned:  # the consumer keeps it for the rest of the call (batches run in order)
                 self._pinned_scheduled.add(r.key)
