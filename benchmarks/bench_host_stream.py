@@ -9,8 +9,10 @@ random jina-reranker-m0 on the CPU, where the run is host-bound. Two systems, in
 * ``streaming`` (the default, ``on_error="last"``): ``prepare`` reads headers only; each batch's producer
   decodes its own images while the model runs the batch before.
 
-Printed per run: the time of ``prepare``, the time from the call's start to the first model batch, the
-total, and the most decoded pages held at once (sampled at every batch).
+Each system runs cold (feature cache cleared) and then warm (the same pages as new ``Document`` objects, for
+another query). Printed per run: the time of ``prepare``, the time from the call's start to the first model
+batch, the total, and the most decoded pages held at once (sampled after prepare, after each batch's
+decoding and at each model batch).
 
     python benchmarks/bench_host_stream.py --n 100 --threads 1 --reps 2
 """
@@ -81,39 +83,53 @@ def main() -> int:
     print(f"{args.n} pages of {SIZE[0]}x{SIZE[1]} ready in {time.perf_counter() - t:.1f} s "
           f"({sum(p.stat().st_size for p in paths) / 1e6:.1f} MB)", flush=True)
     # no feature cache: every run encodes every page (cold), as a new set of pages would
-    ranker = JinaRerankerM0("tiny", load_format="dummy", device="cpu", dtype="float32", feature_cache_bytes=0)
+    # the feature cache is cleared before every cold run; the warm run that follows ranks the same pages (new
+    # Document objects, as a new request would make) for another query
+    ranker = JinaRerankerM0("tiny", load_format="dummy", device="cpu", dtype="float32")
     first: list[float] = []
     held: list[int] = []
     docs: list[Document] = []
-    real = ranker._forward_prepared
+    real_forward, real_rows = ranker._forward_prepared, ranker._decoded_rows
 
-    def spy(prep):
+    def pages_held() -> int:
+        return sum(d._lazy is not None and d._lazy._image is not None for d in docs)
+
+    def forward(prep):
         if not first:
             first.append(time.perf_counter())
-        held.append(sum(d._lazy is not None and d._lazy._image is not None for d in docs))
-        return real(prep)
+        held.append(pages_held())
+        return real_forward(prep)
 
-    ranker._forward_prepared = spy  # type: ignore[method-assign]
+    def decoded_rows(items, batch):
+        out = real_rows(items, batch)
+        held.append(pages_held())  # the producer, right after decoding a batch's images
+        return out
+
+    ranker._forward_prepared = forward  # type: ignore[method-assign]
+    ranker._decoded_rows = decoded_rows  # type: ignore[method-assign]
     ranker.rank("warm-up", [Document(text="x")])
     rows = []
     for rep in range(args.reps):
         for system, on_error in (("up-front", "raise"), ("streaming", "last")):
-            first.clear()
-            held.clear()
-            docs[:] = [Document(image=p) for p in paths]  # fresh documents: nothing decoded or cached on them
-            t0 = time.perf_counter()
-            call = ranker.prepare(f"query {rep}", docs, on_error=on_error)
-            t_prep = time.perf_counter()
-            ranking = ranker.rank_documents(call.query, call.readable_documents)
-            out = ranker.finish(call, ranking)
-            t_end = time.perf_counter()
-            assert len(out) == args.n and all(r.error is None for r in out)
-            row = {"system": system, "rep": rep, "prepare_s": t_prep - t0, "first_batch_s": first[0] - t0,
-                   "total_s": t_end - t0, "max_pages_held": max(held)}
-            rows.append(row)
-            print(f"run {rep} {system:>9}: prepare {row['prepare_s']:.2f} s, first batch starts at "
-                  f"{row['first_batch_s']:.2f} s, total {row['total_s']:.2f} s, at most "
-                  f"{row['max_pages_held']} decoded pages held", flush=True)
+            ranker.feature_cache.clear()
+            for cache in ("cold", "warm"):
+                first.clear()
+                held.clear()
+                docs[:] = [Document(image=p) for p in paths]  # fresh documents: nothing decoded or cached on them
+                t0 = time.perf_counter()
+                call = ranker.prepare(f"query {rep} {cache}", docs, on_error=on_error)
+                t_prep = time.perf_counter()
+                held.append(pages_held())
+                ranking = ranker.rank_documents(call.query, call.readable_documents)
+                out = ranker.finish(call, ranking)
+                t_end = time.perf_counter()
+                assert len(out) == args.n and all(r.error is None for r in out)
+                row = {"system": system, "cache": cache, "rep": rep, "prepare_s": t_prep - t0,
+                       "first_batch_s": first[0] - t0, "total_s": t_end - t0, "max_pages_held": max(held)}
+                rows.append(row)
+                print(f"run {rep} {system:>9} {cache}: prepare {row['prepare_s']:.2f} s, first batch starts at "
+                      f"{row['first_batch_s']:.2f} s, total {row['total_s']:.2f} s, at most "
+                      f"{row['max_pages_held']} decoded pages held", flush=True)
     result = {"n": args.n, "page": SIZE, "rows": rows, "threads": torch.get_num_threads(),
               "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "load_avg": os.getloadavg()},
               "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
