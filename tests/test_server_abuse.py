@@ -7,7 +7,6 @@ most, a key; the deadline and the key from MMRANK_SERVE_* variables); each test 
 
 from __future__ import annotations
 
-import http.server as http_server
 import json
 import socket
 import sys
@@ -17,7 +16,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-from mmrank_testkit import sample_image_bytes
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.load_test import ServerProcess  # noqa: E402
@@ -27,40 +25,11 @@ AUTH = {"Authorization": f"Bearer {KEY}"}
 SLOW = 6  # slow clients; the server takes SLOW + 1 connections, so the slow ones leave no room for a real one
 
 
-class _SlowImage(http_server.BaseHTTPRequestHandler):
-    requested = threading.Event()
-
-    def do_GET(self):  # noqa: N802
-        _SlowImage.requested.set()
-        time.sleep(2)
-        data = sample_image_bytes(3)
-        try:
-            self.send_response(200)
-            self.send_header("Content-Type", "image/png")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-        except OSError:
-            pass
-
-    def log_message(self, *args):
-        pass
-
-
-@pytest.fixture(scope="module")
-def image_server():
-    srv = http_server.ThreadingHTTPServer(("127.0.0.1", 0), _SlowImage)
-    thread = threading.Thread(target=srv.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{srv.server_address[1]}"
-    srv.shutdown()
-
-
 @pytest.fixture(scope="module")
 def server(jina_dir):
     args = ["--model", str(jina_dir), "--device", "cpu", "--dtype", "float32", "--header-timeout", "1",
             "--limit-concurrency", str(SLOW + 1), "--no-warmup",
-            "--allow-private-urls"]  # the slow image comes from 127.0.0.1
+            "--allow-private-urls"]  # the slow image comes from 127.0.0.1 (image_host in conftest.py)
     # two settings from the environment, as a container would set them
     env = {"MMRANK_SERVE_BODY_TIMEOUT": "1.5", "MMRANK_SERVE_API_KEY": KEY}
     with ServerProcess(args, env=env) as srv:
@@ -161,14 +130,18 @@ def test_slow_clients_are_cut_off_and_cannot_starve_real_requests(server, http):
     assert http.post("/v1/rerank", json={"query": "q", "documents": ["after"]}).status_code == 200
 
 
-def test_a_client_that_disconnects_while_its_request_is_prepared_is_not_scored(server, http, image_server):
+def test_a_client_that_disconnects_while_its_request_is_prepared_is_not_scored(server, http, image_host):
     assert http.post("/v1/rerank", json={"query": "q", "documents": ["warm"]}).status_code == 200
     before = http.get("/v1/stats").json()
-    # The request's image takes 2 s to arrive; the client hangs up after 0.5 s.
-    body = json.dumps({"query": "gone", "documents": ["never scored", {"image": image_server + "/slow.png"}]}).encode()
+    # The request's image takes 2 s to arrive; the client hangs up after 0.3 s.
+    slow = image_host.url + "/slow.png?delay=2"
+    body = json.dumps({"query": "gone", "documents": ["never scored", {"image": slow + "&gone"}]}).encode()
     sock = socket.create_connection(_address(server.url), timeout=5)
     sock.sendall(_rerank_head(server.url, len(body)) + body)
-    assert _SlowImage.requested.wait(5), "the server never asked for the image"
+    deadline = time.monotonic() + 5
+    while "/slow.png?delay=2&gone" not in image_host.paths() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert "/slow.png?delay=2&gone" in image_host.paths(), "the server never asked for the image"
     time.sleep(0.3)
     sock.close()
     time.sleep(2.5)  # the image arrives; a request that was still alive would now be scored
@@ -179,7 +152,7 @@ def test_a_client_that_disconnects_while_its_request_is_prepared_is_not_scored(s
     metrics = http.get("/metrics").text
     assert 'mmrank_requests_total{route="/v1/rerank",status="499"} 1.0' in metrics
     # the same request from a client that waits is scored
-    out = http.post("/v1/rerank", json={"query": "q", "documents": ["a", {"image": image_server + "/slow.png"}]})
+    out = http.post("/v1/rerank", json={"query": "q", "documents": ["a", {"image": slow}]})
     assert out.status_code == 200 and len(out.json()["results"]) == 2
 
 
