@@ -1,5 +1,6 @@
 """``mmrank serve`` under abuse, as a real process on 127.0.0.1 with raw sockets (tiny model): slow-header and
-slow-body clients (a byte at a time) are cut off by their deadlines and cannot starve real requests; a client
+slow-body clients (a byte at a time) are cut off by their deadlines and cannot starve real requests (the
+503 uvicorn answers meanwhile is JSON); requests that are not valid HTTP/1.1 get a JSON 400; a client
 that disconnects while its request is being prepared (a slow image) is not scored (that a cancelled request
 waiting for the model thread is skipped is tested deterministically in test_server_ops.py); with an API key
 only liveness and readiness are public. One server (1 s head deadline, 1.5 s body deadline, 7 connections at
@@ -101,7 +102,8 @@ def test_slow_clients_are_cut_off_and_cannot_starve_real_requests(server, http):
     time.sleep(0.3)
     # with the slow clients connected, uvicorn's connection limit is reached: this is the starvation that
     # the deadlines must end
-    assert httpx.get(server.url + "/health", timeout=5).status_code == 503
+    busy = httpx.get(server.url + "/health", timeout=5)
+    assert busy.status_code == 503 and "--limit-concurrency" in busy.json()["detail"]  # JSON, not uvicorn's text
     served_after = None
     while time.monotonic() - t0 < 6:
         try:
@@ -154,6 +156,37 @@ def test_a_client_that_disconnects_while_its_request_is_prepared_is_not_scored(s
     # the same request from a client that waits is scored
     out = http.post("/v1/rerank", json={"query": "q", "documents": ["a", {"image": slow}]})
     assert out.status_code == 200 and len(out.json()["results"]) == 2
+
+
+def _raw_exchange(url: str, data: bytes) -> bytes:
+    sock = socket.create_connection(_address(url), timeout=5)
+    sock.sendall(data)
+    answer = b""
+    try:
+        while chunk := sock.recv(65536):
+            answer += chunk
+    except TimeoutError:
+        pass
+    sock.close()
+    return answer
+
+
+@pytest.mark.parametrize("request_bytes", [
+    b"GARBAGE\r\n\r\n",
+    b"GET /health HTTP/1.1\r\nHost localhost\r\n\r\n",  # header without a colon
+    b"GET /health HTTP/1.1\r\nHost: a\x00b\r\n\r\n",
+    b"POST /v1/rerank HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n",
+    b"POST /v1/rerank HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nabcde",
+    b"POST /v1/rerank HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nZZ\r\n",  # bad chunk size
+    b"GET /health HTTP/1.1\r\nX-Big: " + b"a" * 100_000 + b"\r\n\r\n",
+])
+def test_malformed_http_gets_a_json_400_and_the_connection_closed(server, http, request_bytes):
+    answer = _raw_exchange(server.url, request_bytes)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400"), answer[:300]
+    assert b"content-type: application/json" in head.lower() and b"connection: close" in head.lower()
+    assert "malformed HTTP request" in json.loads(body)["detail"]
+    assert http.get("/health").status_code == 200
 
 
 def test_only_liveness_and_readiness_are_public(server, jina_dir):
