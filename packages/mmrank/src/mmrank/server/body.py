@@ -25,8 +25,8 @@ import asyncio
 import json
 from typing import Any
 
+from fastapi import Request
 from pydantic import ValidationError
-from starlette.requests import Request
 
 from .errors import HTTPError
 from .schemas import RerankRequest, describe_validation_error

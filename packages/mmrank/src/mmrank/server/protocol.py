@@ -38,13 +38,13 @@ def guarded_h11_protocol(header_timeout: float) -> type[asyncio.Protocol] | None
     """uvicorn's h11 protocol with a request-head deadline and JSON 400/503 answers; ``None`` if this uvicorn
     has no usable h11 class."""
     try:
-        import h11
         from uvicorn.protocols.http import h11_impl
         from uvicorn.protocols.http.h11_impl import H11Protocol
     except ImportError:  # pragma: no cover - h11 is a dependency of uvicorn
         return None
-    if not all(hasattr(H11Protocol, name) for name in ("connection_made", "connection_lost", "data_received",
-                                                         "handle_events", "send_400_response")):
+    h11 = getattr(h11_impl, "h11", None)  # the h11 module uvicorn's protocol runs on
+    if h11 is None or not all(hasattr(H11Protocol, name) for name in (
+            "connection_made", "connection_lost", "data_received", "handle_events", "send_400_response")):
         return None  # pragma: no cover - an uvicorn whose internals moved: run unguarded (logged by the caller)
     if callable(getattr(h11_impl, "service_unavailable", None)):
         # the ASGI app uvicorn runs instead of ours over --limit-concurrency (only mmrank serve's process
