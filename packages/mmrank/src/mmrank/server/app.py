@@ -7,8 +7,8 @@ Request path, and where each step runs:
    and a deadline (:mod:`mmrank.server.body`); from then on the connection is watched and the request's
    work is cancelled if the client goes away; strict JSON parsing, a document-count check before any
    validation, and pydantic validation (:mod:`mmrank.server.schemas`: unknown top-level fields refused,
-   other APIs' fields type-checked and ignored) — in a thread for bodies over 256 KiB; cheap per-document
-   checks (text length, image reference form — no local paths unless allowed).
+   other APIs' fields type-checked and ignored) — on one of two decode threads for bodies over 256 KiB;
+   cheap per-document checks (text length, image reference form — no local paths unless allowed).
 2. image threads (``prep_workers``): images are fetched/decoded under the strict :class:`ImagePolicy`
    (SSRF guard, byte and pixel caps, timeout) with a running total-pixel budget, then the scorer's own
    per-document checks. A request without images is prepared on another thread pool, so requests waiting
@@ -90,6 +90,11 @@ class RerankService:
         self.policy = config.image_policy()
         self.worker = ModelWorker(scorer, max_batch_documents=config.max_batch_documents, max_queue=config.max_queue)
         self.prep_pool = ThreadPoolExecutor(max_workers=config.prep_workers, thread_name_prefix="mmrank-images")
+        # Requests without images are prepared here, never behind requests waiting on slow image URLs.
+        self.text_pool = ThreadPoolExecutor(max_workers=config.prep_workers, thread_name_prefix="mmrank-text")
+        # Large bodies are parsed and validated here, two at a time: parsing is CPU-bound under the GIL (more
+        # threads would not be faster) and a parsed body can take ~10x its size in memory.
+        self.decode_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="mmrank-decode")
         self.started = time.time()
         self.requests = 0
         self.documents_scored = 0
@@ -252,7 +257,8 @@ class RerankService:
         raw = await read_body(request, cfg.max_body_bytes, cfg.body_timeout)
         self.watch_disconnect(request)
         if len(raw) > DECODE_IN_THREAD:
-            req = await asyncio.to_thread(rerank_request, raw, cfg.max_documents)
+            req = await asyncio.get_running_loop().run_in_executor(self.decode_pool, rerank_request, raw,
+                                                                   cfg.max_documents)
         else:
             req = rerank_request(raw, cfg.max_documents)
         name = req.model_name
@@ -269,7 +275,7 @@ class RerankService:
         query, docs, pre_errors = self.build(req)
         loop = asyncio.get_running_loop()
         has_images = query.has_image or any(d.has_image for d in docs)
-        pool = self.prep_pool if has_images else None  # None: the loop's default pool
+        pool = self.prep_pool if has_images else self.text_pool
         call, tokens = await loop.run_in_executor(pool, self.prepare, req, query, docs, pre_errors)
         bad = call.failed
         self.metrics.document_errors(len(bad))
@@ -394,7 +400,8 @@ def create_app(scorer: Reranker, config: ServerConfig | None = None, *, mode: st
         finally:
             service.accepting = False
             service.worker.stop()
-            service.prep_pool.shutdown(wait=False, cancel_futures=True)
+            for pool in (service.prep_pool, service.text_pool, service.decode_pool):
+                pool.shutdown(wait=False, cancel_futures=True)
 
     app = FastAPI(title="mmrank serve", version=__version__, lifespan=lifespan, openapi_url=None, docs_url=None,
                   redoc_url=None, default_response_class=SafeJSONResponse,

@@ -15,7 +15,7 @@ else looks at it.
   limit (413) is refused before any document is validated; then the schema (422 naming field and document).
 
 Every refusal is an :class:`~mmrank.server.errors.HTTPError` with a message naming the rule. Parsing and
-checking a large body take CPU time: the app runs :func:`rerank_request` in a thread for bodies over
+checking a large body take CPU time: the app runs :func:`rerank_request` on its decode threads for bodies over
 :data:`DECODE_IN_THREAD` bytes, so the event loop keeps answering other clients meanwhile.
 """
 
