@@ -315,3 +315,23 @@ def test_valid_requests_keep_every_document_exactly_once(client, docs, top_n, re
             assert r["document"] == {"text": sent["content"][0]["text"], "image": DATA_URI}
         else:
             assert r["document"] == sent  # as sent, extra fields (ids, titles) included
+
+
+# ------------------------------------------------------------------------------------------- image encodings
+PNG = base64.b64decode(IMG)
+
+
+@pytest.mark.parametrize("image", [
+    IMG, "  " + IMG + "\n", base64.encodebytes(PNG).decode(),  # MIME line breaks
+    base64.urlsafe_b64encode(PNG).decode(), IMG.rstrip("="), base64.urlsafe_b64encode(PNG).decode().rstrip("="),
+    DATA_URI, "DATA:image/png;BASE64," + IMG, "data:image/png;charset=utf-8;base64," + IMG, "data:;base64," + IMG,
+    "data:image/png;base64," + base64.encodebytes(PNG).decode(),
+    "data:image/png," + "".join(f"%{b:02X}" for b in PNG),  # percent-encoded, no base64
+], ids=["base64", "spaces", "mime-lines", "url-safe", "unpadded", "url-safe-unpadded", "data-uri", "DATA-upper",
+        "data-charset", "data-no-type", "data-mime-lines", "data-percent"])
+def test_every_encoding_of_one_image_scores_the_same(client, jina_reranker, image):
+    resp = post(client, {"query": "a picture", "documents": [{"image": image}, "text"]})
+    assert resp.status_code == 200, resp.text[:300]
+    scores = {r["index"]: r["relevance_score"] for r in answer(resp)["results"]}
+    local = jina_reranker.score("a picture", [{"image": PNG}, "text"])
+    assert scores == {0: pytest.approx(local[0], abs=1e-5), 1: pytest.approx(local[1], abs=1e-5)}

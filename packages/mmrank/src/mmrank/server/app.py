@@ -55,6 +55,7 @@ from .schemas import IGNORED_FIELDS, ErrorResponse, RerankRequest, RerankRespons
 
 logger = logging.getLogger("mmrank.server")
 
+_URL_SAFE_BASE64 = str.maketrans("-_", "+/")
 _MAX_LOGGED_NAMES = 100  # distinct ignored field names logged, at most (document field names are the client's)
 
 RERANK_ROUTES = ("/v1/rerank", "/rerank", "/v2/rerank")
@@ -119,23 +120,31 @@ class RerankService:
 
     # ------------------------------------------------------------------ helpers
     def image_source(self, ref: str) -> Any:
-        """What to hand to the image loader for an image string of a request; refuses local files unless allowed."""
+        """What to hand to the image loader for an image string of a request; refuses local files unless allowed.
+
+        Bare base64 may be standard or URL-safe, with or without padding and line breaks; a ``data:`` URI's
+        scheme and parameters are case-insensitive (``DATA:image/png;BASE64,...``)."""
         text = ref.strip()
         head = text[:16].lower()
         if not text:
             raise ImageLoadError("image is an empty string")
-        if head.startswith(("http://", "https://", "data:")) or self.config.allow_local_files:
+        if head.startswith("data:"):
+            meta, comma, payload = text.partition(",")
+            return meta.lower() + comma + payload
+        if head.startswith(("http://", "https://")) or self.config.allow_local_files:
             return text
         if head.startswith("file:") or "://" in text[:32]:
             scheme = text.split(":", 1)[0].lower()
             raise ImageLoadError(f"image URL scheme {scheme!r} is refused by this server (http, https and data: "
                                  "only; start it with --allow-local-files to accept local files)")
-        if _looks_base64(text):
+        standard = text.translate(_URL_SAFE_BASE64)
+        if _looks_base64(standard):
             if len(text) * 3 // 4 > self.config.max_image_bytes + 3:
                 raise ImageLoadError(f"base64 image decodes to more than {self.config.max_image_bytes} bytes "
                                      "(--max-image-bytes)")
+            compact = "".join(standard.split())
             try:
-                return base64.b64decode("".join(text.split()), validate=True)
+                return base64.b64decode(compact + "=" * (-len(compact) % 4), validate=True)
             except (binascii.Error, ValueError):
                 raise ImageLoadError("image is not valid base64") from None
         raise ImageLoadError("image must be an http(s) URL, a data: URI or base64 image data; local paths and "
