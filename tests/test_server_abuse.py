@@ -1,5 +1,6 @@
 """``mmrank serve`` under abuse, as a real process on 127.0.0.1 with raw sockets (tiny model): slow-header and
-slow-body clients (a byte at a time) are cut off by their deadlines and cannot starve real requests; a client
+slow-body clients (a byte at a time) are cut off by their deadlines and cannot starve real requests (the
+503 uvicorn answers meanwhile is JSON); requests that are not valid HTTP/1.1 get a JSON 400; a client
 that disconnects while its request is being prepared (a slow image) is not scored (that a cancelled request
 waiting for the model thread is skipped is tested deterministically in test_server_ops.py); with an API key
 only liveness and readiness are public. One server (1 s head deadline, 1.5 s body deadline, 7 connections at
@@ -7,7 +8,6 @@ most, a key; the deadline and the key from MMRANK_SERVE_* variables); each test 
 
 from __future__ import annotations
 
-import http.server as http_server
 import json
 import socket
 import sys
@@ -17,7 +17,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-from mmrank_testkit import sample_image_bytes
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.load_test import ServerProcess  # noqa: E402
@@ -27,40 +26,11 @@ AUTH = {"Authorization": f"Bearer {KEY}"}
 SLOW = 6  # slow clients; the server takes SLOW + 1 connections, so the slow ones leave no room for a real one
 
 
-class _SlowImage(http_server.BaseHTTPRequestHandler):
-    requested = threading.Event()
-
-    def do_GET(self):  # noqa: N802
-        _SlowImage.requested.set()
-        time.sleep(2)
-        data = sample_image_bytes(3)
-        try:
-            self.send_response(200)
-            self.send_header("Content-Type", "image/png")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-        except OSError:
-            pass
-
-    def log_message(self, *args):
-        pass
-
-
-@pytest.fixture(scope="module")
-def image_server():
-    srv = http_server.ThreadingHTTPServer(("127.0.0.1", 0), _SlowImage)
-    thread = threading.Thread(target=srv.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{srv.server_address[1]}"
-    srv.shutdown()
-
-
 @pytest.fixture(scope="module")
 def server(jina_dir):
     args = ["--model", str(jina_dir), "--device", "cpu", "--dtype", "float32", "--header-timeout", "1",
             "--limit-concurrency", str(SLOW + 1), "--no-warmup",
-            "--allow-private-urls"]  # the slow image comes from 127.0.0.1
+            "--allow-private-urls"]  # the slow image comes from 127.0.0.1 (image_host in conftest.py)
     # two settings from the environment, as a container would set them
     env = {"MMRANK_SERVE_BODY_TIMEOUT": "1.5", "MMRANK_SERVE_API_KEY": KEY}
     with ServerProcess(args, env=env) as srv:
@@ -132,7 +102,8 @@ def test_slow_clients_are_cut_off_and_cannot_starve_real_requests(server, http):
     time.sleep(0.3)
     # with the slow clients connected, uvicorn's connection limit is reached: this is the starvation that
     # the deadlines must end
-    assert httpx.get(server.url + "/health", timeout=5).status_code == 503
+    busy = httpx.get(server.url + "/health", timeout=5)
+    assert busy.status_code == 503 and "--limit-concurrency" in busy.json()["detail"]  # JSON, not uvicorn's text
     served_after = None
     while time.monotonic() - t0 < 6:
         try:
@@ -161,14 +132,18 @@ def test_slow_clients_are_cut_off_and_cannot_starve_real_requests(server, http):
     assert http.post("/v1/rerank", json={"query": "q", "documents": ["after"]}).status_code == 200
 
 
-def test_a_client_that_disconnects_while_its_request_is_prepared_is_not_scored(server, http, image_server):
+def test_a_client_that_disconnects_while_its_request_is_prepared_is_not_scored(server, http, image_host):
     assert http.post("/v1/rerank", json={"query": "q", "documents": ["warm"]}).status_code == 200
     before = http.get("/v1/stats").json()
-    # The request's image takes 2 s to arrive; the client hangs up after 0.5 s.
-    body = json.dumps({"query": "gone", "documents": ["never scored", {"image": image_server + "/slow.png"}]}).encode()
+    # The request's image takes 2 s to arrive; the client hangs up after 0.3 s.
+    slow = image_host.url + "/slow.png?delay=2"
+    body = json.dumps({"query": "gone", "documents": ["never scored", {"image": slow + "&gone"}]}).encode()
     sock = socket.create_connection(_address(server.url), timeout=5)
     sock.sendall(_rerank_head(server.url, len(body)) + body)
-    assert _SlowImage.requested.wait(5), "the server never asked for the image"
+    deadline = time.monotonic() + 5
+    while "/slow.png?delay=2&gone" not in image_host.paths() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert "/slow.png?delay=2&gone" in image_host.paths(), "the server never asked for the image"
     time.sleep(0.3)
     sock.close()
     time.sleep(2.5)  # the image arrives; a request that was still alive would now be scored
@@ -179,8 +154,39 @@ def test_a_client_that_disconnects_while_its_request_is_prepared_is_not_scored(s
     metrics = http.get("/metrics").text
     assert 'mmrank_requests_total{route="/v1/rerank",status="499"} 1.0' in metrics
     # the same request from a client that waits is scored
-    out = http.post("/v1/rerank", json={"query": "q", "documents": ["a", {"image": image_server + "/slow.png"}]})
+    out = http.post("/v1/rerank", json={"query": "q", "documents": ["a", {"image": slow}]})
     assert out.status_code == 200 and len(out.json()["results"]) == 2
+
+
+def _raw_exchange(url: str, data: bytes) -> bytes:
+    sock = socket.create_connection(_address(url), timeout=5)
+    sock.sendall(data)
+    answer = b""
+    try:
+        while chunk := sock.recv(65536):
+            answer += chunk
+    except TimeoutError:
+        pass
+    sock.close()
+    return answer
+
+
+@pytest.mark.parametrize("request_bytes", [
+    b"GARBAGE\r\n\r\n",
+    b"GET /health HTTP/1.1\r\nHost localhost\r\n\r\n",  # header without a colon
+    b"GET /health HTTP/1.1\r\nHost: a\x00b\r\n\r\n",
+    b"POST /v1/rerank HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n",
+    b"POST /v1/rerank HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nabcde",
+    b"POST /v1/rerank HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nZZ\r\n",  # bad chunk size
+    b"GET /health HTTP/1.1\r\nX-Big: " + b"a" * 100_000 + b"\r\n\r\n",
+])
+def test_malformed_http_gets_a_json_400_and_the_connection_closed(server, http, request_bytes):
+    answer = _raw_exchange(server.url, request_bytes)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400"), answer[:300]
+    assert b"content-type: application/json" in head.lower() and b"connection: close" in head.lower()
+    assert "malformed HTTP request" in json.loads(body)["detail"]
+    assert http.get("/health").status_code == 200
 
 
 def test_only_liveness_and_readiness_are_public(server, jina_dir):

@@ -1,12 +1,16 @@
 """``mmrank serve`` as a drop-in rerank API for the REAL client packages, each pointed at a server process on
 127.0.0.1 (tiny model; ``--served-model-name``; an API key): Cohere's SDK (v1 client → ``/v1/rerank``, v2
-client → ``/v2/rerank``), LlamaIndex's JinaRerank, Haystack's JinaRanker, LangChain community's JinaRerank
-(its URL is a module constant, patched) and ``rerankers``' Jina API ranker. Every score must equal the local
-scorer's (so the server really scored what each client sent), every client must see the served name, and
-empty-text documents (which Haystack and LlamaIndex send for image-only or empty documents) are scored."""
+client → ``/v2/rerank``), Haystack's CohereRanker (sync and async v2 clients), LlamaIndex's JinaRerank,
+Haystack's JinaRanker, LangChain community's JinaRerank (its URL is a module constant, patched) and
+``rerankers``' Jina API ranker; Infinity's generated client (``infinity_client``, which pins an older httpx than
+this project's) by the exact body it sends and the fields it reads back. Every score must equal the local
+scorer's (so the server really scored what each client sent), every client must see the served name, the
+server's errors reach each client's error path, and empty-text documents (which Haystack and LlamaIndex send
+for image-only or empty documents) are scored."""
 
 from __future__ import annotations
 
+import asyncio
 import sys
 from pathlib import Path
 
@@ -76,6 +80,38 @@ def test_cohere_v2_client(server, local):
     assert info.value.status_code == 404 and NAME in str(info.value.body)
 
 
+def test_haystack_cohere_ranker_sync_and_async(server, local):
+    from haystack import Document
+    from haystack.utils import Secret
+    from haystack_integrations.components.rankers.cohere import CohereRanker
+
+    ranker = CohereRanker(model=NAME, top_k=3, api_key=Secret.from_token(KEY), api_base_url=server.url,
+                          meta_fields_to_embed=["title"], meta_data_separator="\n")
+    docs = [Document(content=d) for d in DOCS]  # no title: each text is sent as it is
+    out = ranker.run(query=QUERY, documents=docs)["documents"]
+    assert_ranked([(d.content, d.score) for d in out], local, 3)
+    out = asyncio.run(ranker.run_async(query=QUERY, documents=docs, top_k=2))["documents"]
+    assert_ranked([(d.content, d.score) for d in out], local, 2)
+
+
+def test_infinity_client_request_and_response_fields(server, local):
+    """What ``infinity_client`` 0.0.78 sends for ``RerankInput(query, documents)`` (its defaults included:
+    ``return_documents``, ``raw_scores`` and the ``"default/not-specified"`` model) and what its
+    ``ReRankResult.from_dict`` requires back (``results[].relevance_score/index``, ``model``,
+    ``usage.prompt_tokens/total_tokens``) — to the path it calls, ``/rerank``."""
+    headers = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}
+    for extra in ({}, {"top_n": 2, "return_documents": True, "raw_scores": True, "model": NAME}):
+        body = {"query": QUERY, "documents": DOCS, "return_documents": False, "raw_scores": False,
+                "model": "default/not-specified", **extra}
+        resp = httpx.post(server.url + "/rerank", json=body, headers=headers, timeout=60)
+        assert resp.status_code == 200, resp.text
+        out = resp.json()
+        assert out["model"] == NAME and out["usage"]["prompt_tokens"] == out["usage"]["total_tokens"] > 0
+        pairs = [(DOCS[r["index"]], r["relevance_score"]) for r in out["results"]]
+        assert_ranked(pairs, local, extra.get("top_n", 4))
+        assert all(("document" in r) == body["return_documents"] for r in out["results"])
+
+
 def test_llama_index_jina_rerank(server, local):
     from llama_index.core.schema import NodeWithScore, QueryBundle, TextNode
     from llama_index.postprocessor.jinaai_rerank import JinaRerank
@@ -84,6 +120,10 @@ def test_llama_index_jina_rerank(server, local):
     nodes = [NodeWithScore(node=TextNode(text=d)) for d in DOCS]
     out = rerank.postprocess_nodes(nodes, query_bundle=QueryBundle(QUERY))
     assert_ranked([(n.node.get_content(), n.score) for n in out], local, 3)
+    # the server's error detail is what the client raises
+    wrong = JinaRerank(api_key=KEY, base_url=server.url + "/v1", model="jina-reranker-v2-base-multilingual")
+    with pytest.raises(RuntimeError, match="not served here"):
+        wrong.postprocess_nodes(nodes, query_bundle=QueryBundle(QUERY))
 
 
 def test_haystack_jina_ranker(server, local):
@@ -104,6 +144,9 @@ def test_langchain_community_jina_rerank(server, local, monkeypatch):
     compressor = jina_rerank.JinaRerank(jina_api_key=KEY, model=NAME, top_n=3)
     out = compressor.compress_documents([Document(page_content=d) for d in DOCS], QUERY)
     assert_ranked([(d.page_content, d.metadata["relevance_score"]) for d in out], local, 3)
+    everything = jina_rerank.JinaRerank(jina_api_key=KEY, model=NAME, top_n=None)  # sends "top_n": null
+    out = everything.rerank(DOCS, QUERY)
+    assert_ranked([(DOCS[r["index"]], r["relevance_score"]) for r in out], local, 4)
 
 
 def test_rerankers_jina_api_ranker(server, local):

@@ -1,12 +1,13 @@
 """``mmrank serve`` fetching image URLs: a second real server process started with ``--allow-private-urls``,
-a 1-second image timeout and a bearer token, plus a tiny image HTTP server on 127.0.0.1 that can be slow.
+a 1-second image timeout, one image thread and a bearer token, plus the shared image host on 127.0.0.1
+(``image_host`` in conftest.py) that can be slow.
 
-Slow and trickling URLs must come back as a 4xx quickly while the server keeps serving; an allowed URL is
-fetched and scored like the same image sent inline; the token is enforced."""
+Slow and trickling URLs must come back as a 4xx quickly while the server keeps serving; a request waiting on
+slow images holds no text-only request up; an allowed URL is fetched and scored like the same image sent
+inline; the token is enforced."""
 
 from __future__ import annotations
 
-import http.server as http_server
 import sys
 import threading
 import time
@@ -15,71 +16,17 @@ from pathlib import Path
 import httpx
 import pytest
 from mmrank import Document, RemoteError, RemoteReranker
-from mmrank_testkit import sample_image_bytes
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.load_test import ServerProcess  # noqa: E402
 
 KEY = "serve-test-key-0123456789"
-PNG = sample_image_bytes(6)
-
-
-class _Images(http_server.BaseHTTPRequestHandler):
-    def do_GET(self):  # noqa: N802
-        if self.path == "/ok.png":
-            self._send(PNG)
-        elif self.path == "/redirect.png":
-            self.send_response(302)
-            self.send_header("Location", "/ok.png")
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-        elif self.path == "/slow.png":  # says nothing for 6 s
-            time.sleep(6)
-            self._send(PNG)
-        elif self.path == "/trickle.png":  # headers at once, then one byte every 0.4 s
-            self.send_response(200)
-            self.send_header("Content-Type", "image/png")
-            self.send_header("Content-Length", str(len(PNG)))
-            self.end_headers()
-            try:
-                for b in PNG[:40]:
-                    self.wfile.write(bytes([b]))
-                    self.wfile.flush()
-                    time.sleep(0.4)
-            except OSError:
-                pass
-        else:
-            self.send_error(404)
-
-    def _send(self, data: bytes):
-        try:
-            self.send_response(200)
-            self.send_header("Content-Type", "image/png")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-        except OSError:
-            pass
-
-    def log_message(self, *args):
-        pass
-
-
-@pytest.fixture(scope="module")
-def images():
-    srv = http_server.ThreadingHTTPServer(("127.0.0.1", 0), _Images)
-    srv.daemon_threads = True
-    thread = threading.Thread(target=srv.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{srv.server_address[1]}"
-    srv.shutdown()
-    srv.server_close()
 
 
 @pytest.fixture(scope="module")
 def server(jina_dir):
     args = ["--model", str(jina_dir), "--device", "cpu", "--dtype", "float32", "--allow-private-urls",
-            "--image-timeout", "1"]
+            "--image-timeout", "1", "--prep-workers", "1"]
     with ServerProcess(args, env={"MMRANK_SERVE_API_KEY": KEY}) as srv:
         yield srv
 
@@ -104,18 +51,20 @@ def test_bearer_token_is_required(server, http):
     assert KEY not in server.log()
 
 
-def test_allowed_url_is_fetched_and_scored_like_the_inline_image(server, images, jina_reranker):
+def test_allowed_url_is_fetched_and_scored_like_the_inline_image(server, image_host, jina_reranker):
     remote = RemoteReranker(server.url, api_key=KEY)
-    docs = [Document(image=images + "/ok.png"), Document(image=images + "/redirect.png"), "a gradient photo"]
+    host, png = image_host.url, image_host.png
+    docs = [Document(image=host + "/ok.png"), Document(image=host + "/redirect.png"), "a gradient photo"]
     ranked = remote.rank("a photo", docs)
-    local = jina_reranker.rank("a photo", [PNG, PNG, "a gradient photo"])
+    local = jina_reranker.rank("a photo", [png, png, "a gradient photo"])
     assert {r.index: r.score for r in ranked} == pytest.approx({r.index: r.score for r in local}, abs=1e-5)
     with pytest.raises(RemoteError, match="document 0: HTTP 404 fetching image"):
-        remote.rank("q", [Document(image=images + "/missing.png")])
+        remote.rank("q", [Document(image=host + "/missing.png")])
 
 
 @pytest.mark.parametrize("path", ["/slow.png", "/trickle.png"])
-def test_slow_urls_time_out_with_a_4xx_and_the_server_keeps_serving(server, http, images, path):
+def test_slow_urls_time_out_with_a_4xx_and_the_server_keeps_serving(server, http, image_host, path):
+    images = image_host.url
     t0 = time.monotonic()
     resp = http.post("/v1/rerank", json={"query": "q", "documents": ["ok", {"image": images + path}]})
     took = time.monotonic() - t0
@@ -127,22 +76,29 @@ def test_slow_urls_time_out_with_a_4xx_and_the_server_keeps_serving(server, http
     assert good.status_code == 200 and len(good.json()["results"]) == 2
 
 
-def test_slow_url_does_not_block_other_clients(server, images):
-    """While one request waits on a slow image, a text request is answered at once (images are read off the
-    event loop and off the model thread)."""
+def test_slow_urls_do_not_block_other_clients(server, image_host):
+    """While one request waits on slow images, holding the server's only image thread (``--prep-workers 1``)
+    for about 2 s, a text request is answered at once (requests without images never wait for the image
+    threads, and images are read off the event loop and off the model thread)."""
     headers = {"Authorization": f"Bearer {KEY}"}
     slow_result = {}
+    slow_docs = [{"image": f"{image_host.url}/slow.png?delay=5&n={i}"} for i in range(8)]  # 8 x 1 s, 4 at once
 
     def slow():
         slow_result["resp"] = httpx.post(server.url + "/v1/rerank", headers=headers, timeout=30,
-                                         json={"query": "q", "documents": [{"image": images + "/slow.png"}]})
+                                         json={"query": "q", "documents": slow_docs, "on_error": "last"})
 
     t = threading.Thread(target=slow)
     t.start()
-    time.sleep(0.2)
+    deadline = time.monotonic() + 5
+    while not any("/slow.png" in p for p in image_host.paths()) and time.monotonic() < deadline:
+        time.sleep(0.02)
     t0 = time.monotonic()
     fast = httpx.post(server.url + "/v1/rerank", headers=headers, json={"query": "q", "documents": ["a", "b"]},
                       timeout=30)
-    assert fast.status_code == 200 and time.monotonic() - t0 < 0.8
-    t.join(10)
-    assert slow_result["resp"].status_code == 422
+    took = time.monotonic() - t0
+    t.join(15)
+    assert fast.status_code == 200 and took < 0.8, took
+    slow_out = slow_result["resp"]
+    assert slow_out.status_code == 200 and time.monotonic() - t0 > 1.0  # it really held the image thread
+    assert all(r["relevance_score"] is None and "timed out" in r["error"] for r in slow_out.json()["results"])

@@ -3,6 +3,9 @@
 ``serve(handler)`` starts a threaded server on a free port and yields its base URL; ``handler(req)`` gets a
 :class:`Request` and returns a :class:`Reply` (status, JSON or raw body, headers) or writes to the socket
 itself through ``req`` (trickling, truncated answers). Every request is recorded in ``server.requests``.
+
+``image_routes(png)`` is the handler of an image host for tests that make a server fetch image URLs
+(``mmrank serve``): ``/ok.png``, a redirect, a slow and a trickling image, 404 otherwise.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 
 @dataclass
@@ -102,13 +106,16 @@ class FakeServer:
                     self.close_connection = True
                     return
                 data = reply.payload()
-                self.send_response(reply.status)
-                headers = {"Content-Type": "application/json", **reply.headers}
-                for k, v in headers.items():
-                    self.send_header(k, v)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                try:
+                    self.send_response(reply.status)
+                    headers = {"Content-Type": "application/json", **reply.headers}
+                    for k, v in headers.items():
+                        self.send_header(k, v)
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                except OSError:  # the client gave up (a timeout under test): nothing to answer
+                    self.close_connection = True
 
             do_GET = do_POST = _do
 
@@ -137,3 +144,28 @@ def serve(handler: Handler) -> Iterator[FakeServer]:
         yield server
     finally:
         server.stop()
+
+
+def image_routes(png: bytes) -> Handler:
+    """An image host: ``/ok.png`` → ``png``; ``/redirect.png`` → 302 to ``/ok.png``; ``/slow.png?delay=S``
+    → ``png`` after S seconds of silence (default 6; cut short when the server stops); ``/trickle.png`` →
+    headers at once, then the first 40 bytes one every 0.4 s; anything else 404."""
+
+    def handle(req: Request) -> Reply | None:
+        url = urlsplit(req.path)
+        if url.path == "/ok.png":
+            return Reply(body=png, headers={"Content-Type": "image/png"})
+        if url.path == "/redirect.png":
+            return Reply(302, body=b"", headers={"Location": "/ok.png"})
+        if url.path == "/slow.png":
+            delay = float(parse_qs(url.query).get("delay", ["6"])[0])
+            if req.stopping.wait(delay):
+                return None
+            return Reply(body=png, headers={"Content-Type": "image/png"})
+        if url.path == "/trickle.png":
+            req.write_head(200, {"Content-Type": "image/png", "Content-Length": str(len(png))})
+            req.trickle(png[:40], every=0.4)
+            return None
+        return Reply(404, body=b"not found", headers={"Content-Type": "text/plain"})
+
+    return handle

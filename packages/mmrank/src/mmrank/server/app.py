@@ -3,21 +3,23 @@
 
 Request path, and where each step runs:
 
-1. event loop: bearer-token check; the body is read with a byte cap (Content-Length first, then while
-   streaming) and a deadline (``body_timeout``); from then on the connection is watched and the request's
-   work is cancelled if the client goes away; JSON parsing (in a thread for bodies over 256 KiB); a
-   document-count check before any validation; pydantic validation (:mod:`mmrank.server.schemas`: unknown
-   top-level fields refused, other APIs' fields type-checked and ignored); cheap per-document checks (text
-   length, image reference form — no local paths unless allowed).
+1. event loop: bearer-token check; Content-Type and Content-Encoding checks, the body read with a byte cap
+   and a deadline (:mod:`mmrank.server.body`); from then on the connection is watched and the request's
+   work is cancelled if the client goes away; strict JSON parsing, a document-count check before any
+   validation, and pydantic validation (:mod:`mmrank.server.schemas`: unknown top-level fields refused,
+   other APIs' fields type-checked and ignored) — on one of two decode threads for bodies over 256 KiB;
+   cheap per-document checks (text length, image reference form — no local paths unless allowed).
 2. image threads (``prep_workers``): images are fetched/decoded under the strict :class:`ImagePolicy`
    (SSRF guard, byte and pixel caps, timeout) with a running total-pixel budget, then the scorer's own
-   per-document checks.
+   per-document checks. A request without images is prepared on another thread pool, so requests waiting
+   on slow image URLs never hold up text-only ones.
 3. the model thread (:mod:`mmrank.server.batching`): scoring, merged across concurrent requests where the
    scorer allows it.
 
 Unreadable documents: by default the request fails with **422 naming the document index** (``detail`` and
 ``document_index``); with ``"on_error": "last"`` in the request they are ranked after every scored document
-with ``relevance_score: null`` and an ``error`` field instead.
+with ``relevance_score: null`` and an ``error`` field instead. Error bodies and exception handlers:
+:mod:`mmrank.server.errors`.
 """
 
 from __future__ import annotations
@@ -26,7 +28,6 @@ import asyncio
 import base64
 import binascii
 import hmac
-import json
 import logging
 import math
 import threading
@@ -39,38 +40,27 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import JSONResponse, Response
-from pydantic import ValidationError
 
 from .._version import __version__
-from ..errors import ImageLoadError, InputError, MMRankError
+from ..errors import ImageLoadError, InputError
 from ..inputs.documents import Document, Query
 from ..inputs.images import _looks_base64
 from ..scorers.base import PreparedRanking, RankedDocument, Ranking, Reranker
 from .batching import ModelWorker, QueueFull
+from .body import DECODE_IN_THREAD, check_headers, read_body, rerank_request
 from .config import ServerConfig
+from .errors import HTTPError, SafeJSONResponse, install_error_handlers
 from .metrics import MISSING_MESSAGE, Metrics, MetricsMiddleware
-from .schemas import IGNORED_FIELDS, ErrorResponse, RerankRequest, RerankResponse, describe_validation_error
+from .schemas import IGNORED_FIELDS, ErrorResponse, RerankRequest, RerankResponse
 
 logger = logging.getLogger("mmrank.server")
 
-_PARSE_IN_THREAD = 256 * 1024
+_URL_SAFE_BASE64 = str.maketrans("-_", "+/")
 _MAX_LOGGED_NAMES = 100  # distinct ignored field names logged, at most (document field names are the client's)
 
 RERANK_ROUTES = ("/v1/rerank", "/rerank", "/v2/rerank")
 ROUTES = (*RERANK_ROUTES, "/health", "/ready", "/v1/models", "/v1/stats", "/metrics", "/openapi.json", "/docs",
           "/redoc")
-
-
-class HTTPError(Exception):
-    def __init__(self, status: int, message: str, **extra: Any):
-        self.status = status
-        self.message = message
-        self.extra = extra
-        super().__init__(message)
-
-
-def _error_response(status: int, message: str, headers: dict[str, str] | None = None, **extra: Any) -> JSONResponse:
-    return JSONResponse({"detail": message, **extra}, status_code=status, headers=headers)
 
 
 class _PixelBudget:
@@ -101,6 +91,11 @@ class RerankService:
         self.policy = config.image_policy()
         self.worker = ModelWorker(scorer, max_batch_documents=config.max_batch_documents, max_queue=config.max_queue)
         self.prep_pool = ThreadPoolExecutor(max_workers=config.prep_workers, thread_name_prefix="mmrank-images")
+        # Requests without images are prepared here, never behind requests waiting on slow image URLs.
+        self.text_pool = ThreadPoolExecutor(max_workers=config.prep_workers, thread_name_prefix="mmrank-text")
+        # Large bodies are parsed and validated here, two at a time: parsing is CPU-bound under the GIL (more
+        # threads would not be faster) and a parsed body can take ~10x its size in memory.
+        self.decode_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="mmrank-decode")
         self.started = time.time()
         self.requests = 0
         self.documents_scored = 0
@@ -125,23 +120,31 @@ class RerankService:
 
     # ------------------------------------------------------------------ helpers
     def image_source(self, ref: str) -> Any:
-        """What to hand to the image loader for an image string of a request; refuses local files unless allowed."""
+        """What to hand to the image loader for an image string of a request; refuses local files unless allowed.
+
+        Bare base64 may be standard or URL-safe, with or without padding and line breaks; a ``data:`` URI's
+        scheme and parameters are case-insensitive (``DATA:image/png;BASE64,...``)."""
         text = ref.strip()
         head = text[:16].lower()
         if not text:
             raise ImageLoadError("image is an empty string")
-        if head.startswith(("http://", "https://", "data:")) or self.config.allow_local_files:
+        if head.startswith("data:"):
+            meta, comma, payload = text.partition(",")
+            return meta.lower() + comma + payload
+        if head.startswith(("http://", "https://")) or self.config.allow_local_files:
             return text
         if head.startswith("file:") or "://" in text[:32]:
             scheme = text.split(":", 1)[0].lower()
             raise ImageLoadError(f"image URL scheme {scheme!r} is refused by this server (http, https and data: "
                                  "only; start it with --allow-local-files to accept local files)")
-        if _looks_base64(text):
+        standard = text.translate(_URL_SAFE_BASE64)
+        if _looks_base64(standard):
             if len(text) * 3 // 4 > self.config.max_image_bytes + 3:
                 raise ImageLoadError(f"base64 image decodes to more than {self.config.max_image_bytes} bytes "
                                      "(--max-image-bytes)")
+            compact = "".join(standard.split())
             try:
-                return base64.b64decode("".join(text.split()), validate=True)
+                return base64.b64decode(compact + "=" * (-len(compact) % 4), validate=True)
             except (binascii.Error, ValueError):
                 raise ImageLoadError("image is not valid base64") from None
         raise ImageLoadError("image must be an http(s) URL, a data: URI or base64 image data; local paths and "
@@ -156,7 +159,7 @@ class RerankService:
         try:
             query = Query(text=q.text, image=self.image_source(q.image) if q.image is not None else None)
         except InputError as exc:
-            raise HTTPError(422, f"query: {exc}") from None
+            raise HTTPError(422, _about_query(exc)) from None
         docs: list[Document] = []
         errors: list[InputError | None] = []
         for i, d in enumerate(req.documents):
@@ -259,38 +262,30 @@ class RerankService:
     async def rerank(self, request: Request, dialect: str = "v1") -> JSONResponse:
         cfg = self.config
         self.check_auth(request)
-        raw = await self.read_body(request)
+        check_headers(request)
+        raw = await read_body(request, cfg.max_body_bytes, cfg.body_timeout)
         self.watch_disconnect(request)
-        obj = await asyncio.to_thread(_parse_json, raw) if len(raw) > _PARSE_IN_THREAD else _parse_json(raw)
-        if not isinstance(obj, dict):
-            raise HTTPError(422, f"the body must be a JSON object with 'query' and 'documents', got "
-                                 f"{type(obj).__name__}")
-        documents = obj.get("documents")
-        if isinstance(documents, dict) and isinstance(documents.get("content"), list):
-            documents = documents["content"]  # vLLM: one document per content part
-        if isinstance(documents, list):
-            if not documents:
-                raise HTTPError(422, "documents: the list is empty; send at least one document")
-            if len(documents) > cfg.max_documents:
-                raise HTTPError(413, f"documents: {len(documents)} documents in one request, over the limit of "
-                                     f"{cfg.max_documents} (--max-documents); split the list into several requests")
-        try:
-            req = RerankRequest.model_validate(obj)
-        except ValidationError as exc:
-            lines = describe_validation_error(exc)
-            raise HTTPError(422, "invalid request: " + "; ".join(lines[:10]), errors=lines[:50]) from None
-        if req.model and cfg.served_model_names and req.model not in cfg.served_model_names:
-            raise HTTPError(404, f"model {req.model!r} is not served here; this server serves "
+        if len(raw) > DECODE_IN_THREAD:
+            req = await asyncio.get_running_loop().run_in_executor(self.decode_pool, rerank_request, raw,
+                                                                   cfg.max_documents)
+        else:
+            req = rerank_request(raw, cfg.max_documents)
+        name = req.model_name
+        if name is not None and cfg.served_model_names and name not in cfg.served_model_names:
+            raise HTTPError(404, f"model {name!r} is not served here; this server serves "
                                  f"{list(cfg.served_model_names)}")
         self.note_ignored(req)
         return await self.answer(req, dialect)
 
     async def answer(self, req: RerankRequest, dialect: str = "v1") -> JSONResponse:
-        """A valid request through the scorer's seam: prepare (image threads), the model step (the model
-        thread, merged with other requests where the scorer allows), finish."""
+        """A valid request through the scorer's seam: prepare (image threads, or any thread when the request
+        has no image), the model step (the model thread, merged with other requests where the scorer
+        allows), finish."""
         query, docs, pre_errors = self.build(req)
         loop = asyncio.get_running_loop()
-        call, tokens = await loop.run_in_executor(self.prep_pool, self.prepare, req, query, docs, pre_errors)
+        has_images = query.has_image or any(d.has_image for d in docs)
+        pool = self.prep_pool if has_images else self.text_pool
+        call, tokens = await loop.run_in_executor(pool, self.prepare, req, query, docs, pre_errors)
         bad = call.failed
         self.metrics.document_errors(len(bad))
         if bad and req.on_error == "raise":
@@ -301,10 +296,11 @@ class RerankService:
         if len(call.failed) > len(bad):  # images whose pixels failed to decode while the scorer ran
             self.metrics.document_errors(len(call.failed) - len(bad))
         self.count_scored(len(call.readable_documents))
-        return JSONResponse({"id": f"rerank-{uuid.uuid4().hex}", "model": self.served_name,
-                             "usage": {"total_tokens": tokens}, "results": [self.result(req, r) for r in ranked],
-                             "meta": {"api_version": {"version": "2" if dialect == "v2" else "1"},
-                                      "billed_units": {"search_units": 1}}})
+        return SafeJSONResponse({"id": f"rerank-{uuid.uuid4().hex}", "model": self.served_name,
+                                 "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+                                 "results": [self.result(req, r) for r in ranked],
+                                 "meta": {"api_version": {"version": "2" if dialect == "v2" else "1"},
+                                          "billed_units": {"search_units": 1}}})
 
     async def model_step(self, call: PreparedRanking) -> Ranking:
         if not call.readable:
@@ -359,8 +355,9 @@ class RerankService:
             score, error = None, "the model produced a non-finite score for this document"
         out: dict[str, Any] = {"index": index, "relevance_score": score}
         if req.return_documents:
-            d = req.documents[index]
-            out["document"] = {k: v for k, v in (("text", d.text), ("image", d.image)) if v is not None}
+            d = req.documents[index]  # as sent: its text and image, and any other fields of its object
+            out["document"] = {**(d.model_extra or {}),
+                               **{k: v for k, v in (("text", d.text), ("image", d.image)) if v is not None}}
         if error is not None:
             out["error"] = error
         return out
@@ -375,42 +372,11 @@ class RerankService:
             raise HTTPError(401, "missing or wrong API key: send 'Authorization: Bearer <key>'",
                             _headers={"WWW-Authenticate": "Bearer"})
 
-    async def read_body(self, request: Request) -> bytes:
-        limit = self.config.max_body_bytes
-        declared = request.headers.get("content-length")
-        if declared is not None:
-            try:
-                size = int(declared)
-            except ValueError:
-                raise HTTPError(400, "invalid Content-Length header") from None
-            if size > limit:
-                raise HTTPError(413, f"request body is {size} bytes, over the limit of {limit} bytes "
-                                     "(--max-body-bytes)")
-        buf = bytearray()
-        try:
-            async with asyncio.timeout(self.config.body_timeout):
-                async for chunk in request.stream():
-                    buf.extend(chunk)
-                    if len(buf) > limit:
-                        raise HTTPError(413, f"request body exceeds the limit of {limit} bytes (--max-body-bytes)")
-        except TimeoutError:
-            raise HTTPError(408, f"the request body did not arrive within {self.config.body_timeout:g} s "
-                                 f"({len(buf)} bytes received; --body-timeout)",
-                            _headers={"Connection": "close"}) from None
-        return bytes(buf)
 
-
-def _parse_json(raw: bytes) -> Any:
-    if not raw.strip():
-        raise HTTPError(400, "empty request body: send a JSON object with 'query' and 'documents'")
-    try:
-        return json.loads(raw)
-    except UnicodeDecodeError as exc:
-        raise HTTPError(400, f"request body is not UTF-8 text: {exc}") from None
-    except json.JSONDecodeError as exc:
-        raise HTTPError(400, f"malformed JSON body: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
-    except RecursionError:
-        raise HTTPError(400, "malformed JSON body: nested too deeply") from None
+def _about_query(exc: InputError) -> str:
+    """The message of an error about the query, starting with "query:" once."""
+    message = str(exc)
+    return message if message.startswith("query") else f"query: {message}"
 
 
 RERANK_DOC = """Rerank documents by relevance to a query (Jina dialect; Cohere v1/v2 and vLLM clients work too).
@@ -443,10 +409,11 @@ def create_app(scorer: Reranker, config: ServerConfig | None = None, *, mode: st
         finally:
             service.accepting = False
             service.worker.stop()
-            service.prep_pool.shutdown(wait=False, cancel_futures=True)
+            for pool in (service.prep_pool, service.text_pool, service.decode_pool):
+                pool.shutdown(wait=False, cancel_futures=True)
 
     app = FastAPI(title="mmrank serve", version=__version__, lifespan=lifespan, openapi_url=None, docs_url=None,
-                  redoc_url=None,
+                  redoc_url=None, default_response_class=SafeJSONResponse,
                   description="Jina-compatible multimodal rerank API over a local mmrank scorer "
                               "(Cohere v1/v2 and vLLM rerank clients work too).")
     app.state.service = service
@@ -454,21 +421,7 @@ def create_app(scorer: Reranker, config: ServerConfig | None = None, *, mode: st
     service.worker.start()  # also when the app is driven without lifespan events
     app.add_middleware(MetricsMiddleware, metrics=service.metrics)
 
-    @app.exception_handler(HTTPError)
-    async def _http_error(request: Request, exc: HTTPError):
-        extra = dict(exc.extra)
-        headers = extra.pop("_headers", None)
-        return _error_response(exc.status, exc.message, headers=headers, **extra)
-
-    @app.exception_handler(MMRankError)
-    async def _mmrank_error(request: Request, exc: MMRankError):
-        status = 422 if isinstance(exc, InputError) else 500
-        return _error_response(status, str(exc))
-
-    @app.exception_handler(Exception)
-    async def _internal(request: Request, exc: Exception):
-        logger.exception("mmrank serve: internal error")
-        return _error_response(500, f"internal server error ({type(exc).__name__}); see the server log")
+    install_error_handlers(app)
 
     def rerank_route(dialect: str):
         async def rerank(request: Request):

@@ -15,21 +15,48 @@ What is accepted:
   (:data:`IGNORED_FIELDS`, e.g. ``max_chunks_per_doc``, ``rank_fields``, ``max_tokens_per_doc``,
   ``truncation``, ``priority``) are type-checked, then ignored (and logged once per name).
 * Any other top-level field is refused with 422 naming it; wrong types are refused with 422 naming the
-  field and the document.
+  field and the document. Types are strict: ``"top_n": "3"``, ``"top_n": true`` or ``"return_documents": 1``
+  are refused, not guessed at.
+* Sizes that cost CPU before any limit of the app is reached are bounded here, checked before the items are
+  validated: at most :data:`MAX_CONTENT_PARTS` content parts per query or document, at most
+  :data:`MAX_LIST_ITEMS` items in ``rank_fields``.
 """
 
 from __future__ import annotations
 
 import difflib
+import functools
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+
+MAX_CONTENT_PARTS = 64
+"""Content parts of one query or document (a document is one text and at most one image)."""
+MAX_LIST_ITEMS = 1000
+"""Items of a list-valued compatibility field (``rank_fields``)."""
+INFINITY_UNSET_MODEL = "default/not-specified"
+"""What Infinity's client sends as ``model`` when the caller named none: read as no model."""
+
+_STRICT = ConfigDict(extra="forbid", strict=True)
+
+
+def _at_most(limit: int, what: str):
+    """A check of a list's length that runs before its items are validated (so a list of millions of items
+    is refused at once, not after validating each)."""
+
+    def check(value: Any) -> Any:
+        if isinstance(value, list) and len(value) > limit:
+            raise ValueError(f"{len(value)} {what}, at most {limit}")
+        return value
+
+    return BeforeValidator(check)
+
 
 # ------------------------------------------------------------------------------------------ content parts
 
 
 class ImageURL(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = _STRICT
 
     url: str
     """http(s) URL, ``data:`` URI or bare base64 image data."""
@@ -38,14 +65,14 @@ class ImageURL(BaseModel):
 
 
 class TextPart(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = _STRICT
 
     type: Literal["text"]
     text: str
 
 
 class ImagePart(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = _STRICT
 
     type: Literal["image_url"]
     image_url: ImageURL
@@ -80,9 +107,9 @@ class _Item(BaseModel):
     text: str | None = None
     image: str | None = None
     """http(s) URL, ``data:`` URI or bare base64 image data."""
-    content: list[ContentPart] | None = Field(default=None, description=(
-        "vLLM/OpenAI content parts (instead of text/image): text parts are joined by a newline, at most one "
-        "image_url part."))
+    content: Annotated[list[ContentPart], _at_most(MAX_CONTENT_PARTS, "content parts")] | None = Field(
+        default=None, description=("vLLM/OpenAI content parts (instead of text/image): text parts are joined by "
+                                   f"a newline, at most one image_url part, at most {MAX_CONTENT_PARTS} parts."))
 
     @model_validator(mode="after")
     def _normalise(self):
@@ -99,26 +126,44 @@ class _Item(BaseModel):
 class QueryIn(_Item):
     """A query: ``"text"``, ``{"text": ...}``, ``{"image": url-or-base64}`` or ``{"content": [parts]}``."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = _STRICT
 
 
 class DocumentIn(_Item):
     """A document: ``"text"``, ``{"text": ...}``, ``{"image": url-or-base64}``, both, or ``{"content": [parts]}``.
     Other fields (Cohere's free-form document objects) are accepted and ignored."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True)
 
-    @model_validator(mode="after")
-    def _no_misspelt_fields(self):
-        for name in self.model_extra or {}:
-            near = difflib.get_close_matches(name.lower(), _KNOWN_ITEM_FIELDS, n=1, cutoff=0.75)
-            if near and name != near[0]:
-                raise ValueError(f"field {name!r} is not used by this server; did you mean {near[0]!r}?")
-        return self
+    @model_validator(mode="before")
+    @classmethod
+    def _no_misspelt_fields(cls, data: Any) -> Any:
+        # before the fields: {"Text": "..."} is a typo of 'text', not a document without text
+        if isinstance(data, dict):
+            for name in data:
+                near = _misspelling_of(name) if isinstance(name, str) else None
+                if near:
+                    raise ValueError(f"field {name!r} is not used by this server; did you mean {near!r}?")
+        return data
 
     @property
     def ignored_fields(self) -> list[str]:
         return list(self.model_extra or {})
+
+
+_LONGEST_NEAR_NAME = 11
+"""A name longer than this cannot reach the 0.75 similarity cutoff with 'content' (7 letters), the longest
+known field name: 2 * 7 / (7 + 12) < 0.75."""
+
+
+@functools.lru_cache(maxsize=4096)
+def _misspelling_of(name: str) -> str | None:
+    """The known field ``name`` looks like a misspelling of (``imgae`` → ``image``), else ``None``. Cheap for
+    any name a client may send: long names are never compared, and each name is compared once."""
+    if len(name) > _LONGEST_NEAR_NAME or name in _KNOWN_ITEM_FIELDS:
+        return None
+    near = difflib.get_close_matches(name.lower(), _KNOWN_ITEM_FIELDS, n=1, cutoff=0.75)
+    return near[0] if near else None
 
 
 # ------------------------------------------------------------------------------------------ request
@@ -130,9 +175,11 @@ IGNORED_FIELDS: dict[str, str] = {
     "relevant_spans": "Cohere v2",
     "priority": "Cohere v2, vLLM",
     "truncation": "Jina, Voyage",
+    "raw_scores": "Infinity",
     "truncate_prompt_tokens": "vLLM",
     "max_tokens_per_query": "vLLM",
     "truncation_side": "vLLM",
+    "padding": "vLLM",
     "mm_processor_kwargs": "vLLM",
     "softmax": "vLLM",
     "activation": "vLLM",
@@ -149,7 +196,7 @@ IGNORED_FIELDS: dict[str, str] = {
 class ContentPartDocuments(BaseModel):
     """vLLM's multimodal documents: one document per content part."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = _STRICT
 
     content: list[ContentPart]
 
@@ -164,10 +211,11 @@ def _documents_from_parts(value: Any) -> Any:
 class RerankRequest(BaseModel):
     """The body of ``POST /v1/rerank`` (also ``/rerank`` and ``/v2/rerank``)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = _STRICT
 
     model: str | None = None
-    """Ignored unless the server was started with ``--served-model-name`` (then it must be one of them)."""
+    """Ignored unless the server was started with ``--served-model-name`` (then it must be one of them;
+    Infinity's ``"default/not-specified"`` counts as no name)."""
     query: Annotated[QueryIn, BeforeValidator(_text_to_object, json_schema_input_type=str | QueryIn)]
     documents: Annotated[
         list[Annotated[DocumentIn, BeforeValidator(_text_to_object, json_schema_input_type=str | DocumentIn)]],
@@ -182,14 +230,16 @@ class RerankRequest(BaseModel):
 
     # Accepted for compatibility, type-checked, ignored (see IGNORED_FIELDS).
     max_chunks_per_doc: int | None = None
-    rank_fields: list[str] | None = None
+    rank_fields: Annotated[list[str], _at_most(MAX_LIST_ITEMS, "items")] | None = None
     max_tokens_per_doc: int | None = None
     relevant_spans: dict[str, Any] | None = None
     priority: int | None = None
     truncation: bool | None = None
+    raw_scores: bool | None = None
     truncate_prompt_tokens: Annotated[int, Field(ge=-1)] | None = None
     max_tokens_per_query: int | None = None
     truncation_side: Literal["left", "right"] | None = None
+    padding: Literal["max_length", "do_not_pad"] | None = None
     mm_processor_kwargs: dict[str, Any] | None = None
     softmax: bool | None = None
     activation: bool | None = None
@@ -199,6 +249,11 @@ class RerankRequest(BaseModel):
     request_id: str | None = None
     cache_salt: str | None = None
     user: str | None = None
+
+    @property
+    def model_name(self) -> str | None:
+        """The requested model name, ``None`` when none was named."""
+        return None if self.model in (None, INFINITY_UNSET_MODEL) else self.model
 
     def ignored(self) -> list[str]:
         """Names of the compatibility fields this request set (to a non-null value)."""
@@ -212,6 +267,11 @@ RerankRequest.model_rebuild()
 
 
 class ResultDocument(BaseModel):
+    """The document as sent: ``text`` and ``image`` (content parts as the text and image they name), and any
+    other fields of a document object (Cohere v1 titles, your ids), as Jina's API preserves them."""
+
+    model_config = ConfigDict(extra="allow")
+
     text: str | None = None
     image: str | None = None
 
@@ -228,6 +288,8 @@ class RerankResult(BaseModel):
 
 
 class Usage(BaseModel):
+    prompt_tokens: int
+    """The same count as ``total_tokens`` (vLLM's and Infinity's clients read this name)."""
     total_tokens: int
 
 
