@@ -78,7 +78,7 @@ import urllib.parse
 import weakref
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import httpx
@@ -98,7 +98,8 @@ from ..ranking.permutation import (
     sliding_windows,
 )
 from .base import OnError, RankedDocument, Reranker, order_by_score
-from .http import HttpClient, redact_url
+from .http import HttpClient, HttpOptions, redact_url
+from .http_options import keyword_names
 from .prompts import (
     LISTWISE_PROMPTS,
     PAIRWISE_PROMPT,
@@ -227,17 +228,15 @@ def _is_int(v: Any) -> bool:
 
 
 def _check_counts(*, max_new_tokens: int | None, max_passage_words: int | None, max_doc_words: int | None,
-                  max_query_words: int | None, top_logprobs: int, max_concurrency: int) -> None:
-    """Reject a length limit that is not a positive integer or ``None``, ``top_logprobs`` outside 1..20 and a
-    ``max_concurrency`` below 1 (booleans are not integers here)."""
+                  max_query_words: int | None, top_logprobs: int) -> None:
+    """Reject a length limit that is not a positive integer or ``None`` and ``top_logprobs`` outside 1..20
+    (booleans are not integers here)."""
     for name, v in (("max_new_tokens", max_new_tokens), ("max_passage_words", max_passage_words),
                     ("max_doc_words", max_doc_words), ("max_query_words", max_query_words)):
         if v is not None and (not _is_int(v) or v < 1):
             raise InputError(f"{name} must be an integer >= 1 or None, got {v!r}")
     if not _is_int(top_logprobs) or not 1 <= top_logprobs <= 20:
         raise InputError(f"top_logprobs must be an integer in 1..20, got {top_logprobs!r}")
-    if not _is_int(max_concurrency) or max_concurrency < 1:
-        raise InputError(f"max_concurrency must be an integer >= 1, got {max_concurrency!r}")
 
 
 def _api_key(api_key: str | None, url: str) -> str | None:
@@ -261,8 +260,6 @@ class ChatReranker(Reranker):
             NAME=PATH``). ``None``: the first model ``GET /v1/models`` lists.
         method: ``"listwise"`` or ``"pairwise"`` (see the module docstring).
         mode: listwise only — ``"generate"`` or ``"single_pass"``.
-        api_key: bearer token (default ``MMRANK_CHAT_API_KEY``; ``OPENAI_API_KEY`` for api.openai.com only).
-            Never logged, never in an error or ``repr``.
         window_size: candidates per listwise window (RankGPT default 20), as for the local scorer.
         step: how far the window moves towards the front (default 10).
         identifiers: ``"auto"`` (numbers for generate, letters for single pass), ``"numbers"``,
@@ -284,49 +281,41 @@ class ChatReranker(Reranker):
         strict: a generated ranking that is not a full permutation is an error instead of being repaired.
         extra_body: fields added to every request (e.g. ``{"chat_template_kwargs": {"enable_thinking":
             False}}`` for Qwen3, ``{"mm_processor_kwargs": {...}}``, ``{"seed": 0}``).
-        timeout: seconds one HTTP attempt may take as a whole (``None``: unbounded).
-        deadline: seconds one request may take including its retries and waits (``None``: no bound).
-        max_retries: retries after the first attempt on 429, 5xx, 408 and connection errors / timeouts.
-        backoff: base of the exponential backoff (full jitter), in seconds.
-        max_backoff: longest wait between two attempts, in seconds.
-        max_retry_after: a ``Retry-After`` longer than this fails at once instead of waiting.
-        max_concurrency: requests in flight at once per scorer (sync and async).
-        headers: extra HTTP headers (credential headers are redacted like the key).
-        transport: a custom sync ``httpx`` transport (tests, proxies).
-        async_transport: a custom async ``httpx`` transport.
-        verify: TLS verification, as for httpx.
+        http: :class:`~mmrank.HttpOptions` — timeout, deadline, retries and backoff, ``max_concurrency``
+            (requests in flight at once per scorer, sync and async), API key (default ``MMRANK_CHAT_API_KEY``;
+            ``OPENAI_API_KEY`` for api.openai.com only; never logged, never in an error or ``repr``), headers,
+            TLS, transports.
         clean: how user text is made safe for the chat template (default :func:`defuse_special_tokens`).
         on_error: ``"last"`` (unreadable documents ranked last with an error) or ``"raise"``.
         image_policy: how local images and URLs are read (:class:`~mmrank.ImagePolicy`).
         show_progress: accepted for symmetry with the local scorers (requests are not shown).
         image_workers: threads that read images before the requests.
+        **options: any field of :class:`~mmrank.HttpOptions` as a keyword (``api_key="..."``, ``timeout=30``,
+            ``max_concurrency=32``, ``headers={...}``, …); it replaces that field of ``http``.
     """
 
     supports_image_query = True
     supports_image_documents = True
 
     def __init__(self, url: str = DEFAULT_URL, model: str | None = None, *, method: Method = "listwise",
-                 mode: Mode = "generate", api_key: str | None = None, window_size: int = 20, step: int = 10,
+                 mode: Mode = "generate", window_size: int = 20, step: int = 10,
                  identifiers: str | Sequence[str] = "auto", prompt: str | ListwisePrompt = "auto",
                  max_passage_words: int | None = 300, max_new_tokens: int | None = None,
                  pairwise_prompt: str | PairwisePrompt = PAIRWISE_PROMPT, max_doc_words: int | None = 1024,
                  max_query_words: int | None = 256, min_pixels: int = 3136, max_pixels: int | None = None,
                  image_factor: int = 28, allow_remote_urls: bool = False, prefill: Prefill = "auto",
                  top_logprobs: int = MAX_TOP_LOGPROBS, strict: bool = False,
-                 extra_body: dict[str, Any] | None = None, timeout: float | httpx.Timeout = 120.0,
-                 deadline: float | None = None, max_retries: int = 3, backoff: float = 0.5,
-                 max_backoff: float = 20.0, max_retry_after: float = 60.0, max_concurrency: int = 8,
-                 headers: dict[str, str] | None = None, transport: httpx.BaseTransport | None = None,
-                 async_transport: httpx.AsyncBaseTransport | None = None, verify: bool = True,
+                 extra_body: dict[str, Any] | None = None, http: HttpOptions | None = None,
                  clean: Callable[[str], str] | None = None, on_error: OnError = "last",
-                 image_policy: ImagePolicy = DEFAULT_POLICY, show_progress: bool = False, image_workers: int = 4):
+                 image_policy: ImagePolicy = DEFAULT_POLICY, show_progress: bool = False, image_workers: int = 4,
+                 **options: Any):
         super().__init__(on_error=on_error, image_policy=image_policy, show_progress=show_progress,
                          image_workers=image_workers)
+        http = HttpOptions.merge(http, also=keyword_names(ChatReranker.__init__), **options)
         _check_modes(method, mode, prefill, prompt)
         pairwise_prompt = _pairwise_prompt(pairwise_prompt)
         _check_counts(max_new_tokens=max_new_tokens, max_passage_words=max_passage_words,
-                      max_doc_words=max_doc_words, max_query_words=max_query_words, top_logprobs=top_logprobs,
-                      max_concurrency=max_concurrency)
+                      max_doc_words=max_doc_words, max_query_words=max_query_words, top_logprobs=top_logprobs)
         if max_pixels is None:
             max_pixels = 256 * 28 * 28 if method == "listwise" else 602112
         if not (isinstance(image_factor, int) and image_factor >= 1 and 1 <= min_pixels <= max_pixels):
@@ -363,21 +352,22 @@ class ChatReranker(Reranker):
         self.strict = bool(strict)
         self.extra_body = dict(extra_body or {})
         self.clean = clean or defuse_special_tokens
-        self.max_concurrency = max_concurrency
+        #: the HTTP options as given (``api_key`` as passed: a key read from the environment is not kept here)
+        self.http = http
+        self.max_concurrency = http.max_concurrency
 
-        key = _api_key(api_key, self.url)
+        # api_key, else the environment's key; an Authorization header of the caller's wins over the environment
+        key = http.api_key if http.has_authorization else _api_key(http.api_key, self.url)
         self.__api_key = key
         hint_key = f" — check the API key (api_key= or {API_KEY_ENV})"
         self._http = HttpClient(
-            what="the chat server", api_key=key, headers=headers, timeout=timeout, deadline=deadline,
-            max_retries=max_retries, backoff=backoff, max_backoff=max_backoff, max_retry_after=max_retry_after,
-            user_agent="mmrank-chat/0.1", transport=transport, async_transport=async_transport, verify=verify,
+            replace(http, api_key=key), what="the chat server", user_agent="mmrank-chat/0.1",
             hints={401: hint_key, 403: hint_key,
                    404: " — check the URL and the model name (a LoRA adapter is served under its own name)"})
         self.model_name = model or f"chat:{redact_url(self.url)}"
         self._wire: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
         self._lock = threading.Lock()
-        self._gate = threading.BoundedSemaphore(max_concurrency)
+        self._gate = threading.BoundedSemaphore(self.max_concurrency)
         self._agates: dict[int, tuple[Any, asyncio.Semaphore]] = {}
         #: token usage of every call so far, and of the last ``rank`` / ``rank_many`` call
         self.usage = ChatUsage()
