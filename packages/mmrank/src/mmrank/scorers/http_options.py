@@ -146,7 +146,7 @@ class HttpOptions:
         for f in fields(self):
             value = getattr(self, f.name)
             if f.name == "api_key":
-                parts.append(f"api_key={'<set>' if value else value!r}")
+                parts.append("api_key=<set>" if value else f"api_key={value!r}")
             elif f.name == "headers":
                 shown = {k: MASK if k.lower() in SECRET_HEADERS else v for k, v in value.items()}
                 parts.append(f"headers={shown!r}")
