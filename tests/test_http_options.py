@@ -11,6 +11,8 @@ import argparse
 import asyncio
 import json
 import ssl
+import threading
+import time
 
 import httpx
 import pytest
@@ -143,8 +145,11 @@ def test_the_deadline_and_timeout_reach_the_client_through_http():
 
     with serve(slow) as srv:
         r = RemoteReranker(srv.url + "/v1/rerank", dialect="jina", http=HttpOptions(timeout=0.3, max_retries=0))
-        with pytest.raises(RemoteError, match=r"no complete answer within 0.3s"):
+        start = time.monotonic()
+        # the read timeout or the whole-attempt limit, whichever fires first on a busy machine
+        with pytest.raises(RemoteError, match=r"could not reach .* after 1 attempt: .*(0.3s|timed out)"):
             r.rank("q", ["a"])
+        assert time.monotonic() - start < 1.5  # the server would answer after 2 s
         r = RemoteReranker(srv.url + "/v1/rerank", dialect="jina",
                            http=HttpOptions(timeout=0.3, deadline=0.5, max_retries=10), backoff=0.0)
         with pytest.raises(RemoteError, match=r"deadline of 0.5s"):
@@ -153,9 +158,6 @@ def test_the_deadline_and_timeout_reach_the_client_through_http():
 
 
 def test_max_concurrency_bounds_the_requests_in_flight():
-    import threading
-    import time
-
     state = {"now": 0, "peak": 0}
     lock = threading.Lock()
 

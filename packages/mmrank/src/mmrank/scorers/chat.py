@@ -78,7 +78,7 @@ import urllib.parse
 import weakref
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from typing import Any, Literal
 
 import httpx
@@ -87,6 +87,7 @@ from PIL import Image
 from ..errors import InputError, RemoteError
 from ..inputs.documents import Document, Query
 from ..inputs.images import DEFAULT_POLICY, ImagePolicy, check_url_host, resolve_source
+from ..models.options import LISTWISE_MAX_PIXELS, MAX_PIXELS, MIN_PIXELS
 from ..ranking.permutation import (
     format_ranking,
     make_identifiers,
@@ -179,8 +180,8 @@ _USAGE_SINK: contextvars.ContextVar[list[ChatUsage] | None] = contextvars.Contex
                                                                                       default=None)
 
 
-def fit_size(width: int, height: int, factor: int = 28, min_pixels: int = 3136,
-             max_pixels: int = 602112) -> tuple[int, int]:
+def fit_size(width: int, height: int, factor: int = 28, min_pixels: int = MIN_PIXELS,
+             max_pixels: int = MAX_PIXELS) -> tuple[int, int]:
     """``(width, height)`` the Qwen-VL image processors resize an image to (their ``smart_resize`` rule: both
     sides multiples of ``factor``, the area within ``[min_pixels, max_pixels]``, the aspect ratio kept as
     well as possible). :class:`InputError` for an aspect ratio above 200, which they refuse."""
@@ -199,6 +200,56 @@ def fit_size(width: int, height: int, factor: int = 28, min_pixels: int = 3136,
     return w, h
 
 
+@dataclass(frozen=True)
+class ChatImageOptions:
+    """How :class:`ChatReranker` sends an image: resized to the size the model's image processor would give
+    it (the Qwen-VL ``smart_resize`` rule, :func:`fit_size`), or, for an ``http(s)`` URL, passed through when
+    ``allow_remote_urls``. :class:`ChatReranker` takes it as ``images=`` and accepts each field as a keyword
+    too (``max_pixels=...``), which replaces that field.
+
+    Args:
+        min_pixels: smallest image area the model's processor allows (default 56², the Qwen-VL processors').
+        max_pixels: largest image area; ``None``: the local scorer's default for the method (``256·28·28``
+            listwise, ``768·28·28`` pairwise).
+        image_factor: the processor's size multiple (28 for Qwen2/2.5-VL, 32 for Qwen3-VL).
+        allow_remote_urls: pass ``http(s)`` image URLs to the server to fetch instead of fetching them here
+            (the image policy's scheme and address rules still apply, checked from here).
+    """
+
+    min_pixels: int = MIN_PIXELS
+    max_pixels: int | None = None
+    image_factor: int = 28
+    allow_remote_urls: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("min_pixels", "max_pixels", "image_factor"):
+            v = getattr(self, name)
+            if not (v is None and name == "max_pixels") and (not _is_int(v) or v < 1):
+                raise InputError(f"{name} must be an integer >= 1, got {v!r}")
+        if self.max_pixels is not None and self.min_pixels > self.max_pixels:
+            raise InputError(f"min_pixels ({self.min_pixels}) must not exceed max_pixels ({self.max_pixels})")
+        if not isinstance(self.allow_remote_urls, bool):
+            raise InputError(f"allow_remote_urls must be True or False, got {self.allow_remote_urls!r}")
+
+    def pixel_budget(self, method: str) -> tuple[int, int]:
+        """``(min_pixels, max_pixels)`` for ``method`` (``max_pixels=None`` resolved); an
+        :class:`~mmrank.errors.InputError` when ``min_pixels`` exceeds the method's default ``max_pixels``.
+
+        Args:
+            method: ``"listwise"`` or ``"pairwise"``.
+        """
+        high = self.max_pixels
+        if high is None:
+            high = LISTWISE_MAX_PIXELS if method == "listwise" else MAX_PIXELS
+            if self.min_pixels > high:
+                raise InputError(f"min_pixels ({self.min_pixels}) exceeds the {method} default max_pixels ({high}); "
+                                 "pass max_pixels too")
+        return self.min_pixels, high
+
+
+_IMAGE_FIELDS = frozenset(f.name for f in fields(ChatImageOptions))
+
+
 def _check_modes(method: str, mode: str, prefill: str, prompt: str | ListwisePrompt) -> None:
     """Reject an unknown method, mode, prefill or listwise prompt name, and a mode with pairwise."""
     if method not in METHODS:
@@ -211,6 +262,13 @@ def _check_modes(method: str, mode: str, prefill: str, prompt: str | ListwisePro
         raise InputError(f"prefill must be 'auto', 'continue' or 'none', got {prefill!r}")
     if isinstance(prompt, str) and prompt not in ("auto", *LISTWISE_PROMPTS):
         raise InputError(f"prompt must be 'auto', 'text', 'multimodal' or a ListwisePrompt, got {prompt!r}")
+
+
+def _merge_images(images: ChatImageOptions | None, overrides: dict[str, Any]) -> ChatImageOptions:
+    """``images`` (or the defaults) with the image keywords a caller passed directly replacing its fields."""
+    if images is not None and not isinstance(images, ChatImageOptions):
+        raise InputError(f"images must be a ChatImageOptions, got {type(images).__name__}")
+    return replace(images or ChatImageOptions(), **overrides)
 
 
 def _pairwise_prompt(prompt: str | PairwisePrompt) -> PairwisePrompt:
@@ -271,11 +329,8 @@ class ChatReranker(Reranker):
         pairwise_prompt: ``"rank-nexus"``, ``"monoqwen"`` or a :class:`PairwisePrompt`.
         max_doc_words: pairwise document text is cut to this many words (``None``: whole).
         max_query_words: pairwise query text is cut to this many words (``None``: whole).
-        min_pixels: smallest image area the model's processor allows (default 56²).
-        max_pixels: largest image area; default the local scorer's (``256·28·28`` listwise,
-            ``768·28·28`` pairwise).
-        image_factor: the processor's size multiple (28 for Qwen2/2.5-VL, 32 for Qwen3-VL).
-        allow_remote_urls: pass ``http(s)`` image URLs to the server instead of fetching them here.
+        images: :class:`ChatImageOptions` — the pixel budget and size multiple images are resized to (the
+            model's image processor's), and whether ``http(s)`` image URLs are passed to the server.
         prefill: single-pass only — ``"auto"``, ``"continue"`` or ``"none"`` (module docstring).
         top_logprobs: how many alternatives to ask for (1..20).
         strict: a generated ranking that is not a full permutation is an error instead of being repaired.
@@ -290,8 +345,9 @@ class ChatReranker(Reranker):
         image_policy: how local images and URLs are read (:class:`~mmrank.ImagePolicy`).
         show_progress: accepted for symmetry with the local scorers (requests are not shown).
         image_workers: threads that read images before the requests.
-        **options: any field of :class:`~mmrank.HttpOptions` as a keyword (``api_key="..."``, ``timeout=30``,
-            ``max_concurrency=32``, ``headers={...}``, …); it replaces that field of ``http``.
+        **options: any field of :class:`ChatImageOptions` or :class:`~mmrank.HttpOptions` as a keyword
+            (``max_pixels=...``, ``image_factor=32``, ``api_key="..."``, ``timeout=30``, ``max_concurrency=32``,
+            ``headers={...}``, …); it replaces that field of ``images`` / ``http``.
     """
 
     supports_image_query = True
@@ -302,24 +358,21 @@ class ChatReranker(Reranker):
                  identifiers: str | Sequence[str] = "auto", prompt: str | ListwisePrompt = "auto",
                  max_passage_words: int | None = 300, max_new_tokens: int | None = None,
                  pairwise_prompt: str | PairwisePrompt = PAIRWISE_PROMPT, max_doc_words: int | None = 1024,
-                 max_query_words: int | None = 256, min_pixels: int = 3136, max_pixels: int | None = None,
-                 image_factor: int = 28, allow_remote_urls: bool = False, prefill: Prefill = "auto",
-                 top_logprobs: int = MAX_TOP_LOGPROBS, strict: bool = False,
+                 max_query_words: int | None = 256, images: ChatImageOptions | None = None,
+                 prefill: Prefill = "auto", top_logprobs: int = MAX_TOP_LOGPROBS, strict: bool = False,
                  extra_body: dict[str, Any] | None = None, http: HttpOptions | None = None,
                  clean: Callable[[str], str] | None = None, on_error: OnError = "last",
                  image_policy: ImagePolicy = DEFAULT_POLICY, show_progress: bool = False, image_workers: int = 4,
                  **options: Any):
         super().__init__(on_error=on_error, image_policy=image_policy, show_progress=show_progress,
                          image_workers=image_workers)
-        http = HttpOptions.merge(http, also=keyword_names(ChatReranker.__init__), **options)
+        images = _merge_images(images, {k: options.pop(k) for k in list(options) if k in _IMAGE_FIELDS})
+        http = HttpOptions.merge(http, also=(*keyword_names(ChatReranker.__init__), *_IMAGE_FIELDS), **options)
         _check_modes(method, mode, prefill, prompt)
         pairwise_prompt = _pairwise_prompt(pairwise_prompt)
         _check_counts(max_new_tokens=max_new_tokens, max_passage_words=max_passage_words,
                       max_doc_words=max_doc_words, max_query_words=max_query_words, top_logprobs=top_logprobs)
-        if max_pixels is None:
-            max_pixels = 256 * 28 * 28 if method == "listwise" else 602112
-        if not (isinstance(image_factor, int) and image_factor >= 1 and 1 <= min_pixels <= max_pixels):
-            raise InputError("need image_factor >= 1 and 1 <= min_pixels <= max_pixels")
+        min_pixels, max_pixels = images.pixel_budget(method)
         sliding_windows(0, window_size, step)  # validates window_size and step
         if model is not None and (not isinstance(model, str) or not model.strip()):
             raise InputError(f"model must be a non-empty string (the served model name), got {model!r}")
@@ -343,10 +396,10 @@ class ChatReranker(Reranker):
         self.answer_words = tuple(pairwise_prompt.answer_words)
         self.max_doc_words = max_doc_words
         self.max_query_words = max_query_words
-        self.min_pixels = int(min_pixels)
-        self.max_pixels = int(max_pixels)
-        self.image_factor = int(image_factor)
-        self.allow_remote_urls = bool(allow_remote_urls)
+        self.images = images
+        self.min_pixels, self.max_pixels = min_pixels, max_pixels
+        self.image_factor = images.image_factor
+        self.allow_remote_urls = images.allow_remote_urls
         self.prefill: Prefill = prefill
         self.top_logprobs = top_logprobs
         self.strict = bool(strict)
