@@ -173,6 +173,14 @@ def _endpoint(url: str, dialect: str) -> str:
     return urllib.parse.urlunsplit(parts._replace(path=path))
 
 
+def _api_key(http: HttpOptions) -> str | None:
+    """``http.api_key``, else ``MMRANK_API_KEY``, else ``JINA_API_KEY`` — no variable is read when the caller
+    sends an ``Authorization`` header of their own."""
+    if http.api_key is not None or http.has_authorization:
+        return http.api_key
+    return next((os.environ[v] for v in API_KEY_ENV if os.environ.get(v)), None)
+
+
 def _server_root(endpoint: str) -> str:
     parts = urllib.parse.urlsplit(endpoint)
     path = parts.path
@@ -231,9 +239,7 @@ class RemoteReranker(Reranker):
         self._url_from_base = urllib.parse.urlsplit(url).path.rstrip("/") == ""
         self.model = model if model is not None else (JINA_MODEL if is_jina_service else None)
         self.model_name = self.model or f"remote:{_redact(self.url)}"
-        key = http.api_key
-        if key is None and not http.has_authorization:  # an Authorization header of the caller's wins
-            key = next((os.environ[v] for v in API_KEY_ENV if os.environ.get(v)), None)
+        key = _api_key(http)
         if is_jina_service and not key and not http.has_authorization:
             raise InputError("Jina's rerank API needs an API key: pass api_key=... or set MMRANK_API_KEY "
                              "(or JINA_API_KEY); for your own server pass url=...")
