@@ -232,10 +232,12 @@ BAD = [
     ({"headers": {"Bad Name": "v"}}, "header name 'Bad Name' is not a valid HTTP field name"),
     ({"headers": {"": "v"}}, "header name '' is not a valid HTTP field name"),
     ({"headers": {"X-A": 1}}, "header 'X-A' must have a string value, got int"),
-    ({"headers": {"X-A": "a\r\nInjected: 1"}}, "header 'X-A' has a line break or NUL in its value"),
+    ({"headers": {"X-A": "a\r\nInjected: 1"}}, "header 'X-A' has a line break, a control character or a non-ASCII"),
+    ({"headers": {"X-A": "café"}}, r"header 'X-A' has .* non-ASCII character in its value 'café' \(HTTP header"),
+    ({"api_key": "kéy-0123456789"}, "api_key has .*non-ASCII character"),
     ({"headers": {"X-A": "1", "x-a": "2"}}, "header 'x-a' is given twice"),
     ({"api_key": 123}, "api_key must be a string, got int"),
-    ({"api_key": SECRET + "\n"}, "api_key has surrounding whitespace or a line break"),
+    ({"api_key": SECRET + "\n"}, "api_key has surrounding whitespace, a line break"),
     ({"api_key": SECRET, "headers": {"authorization": "Basic x"}}, "pass the credential once"),
     ({"verify": None}, "verify must be True, False or an ssl.SSLContext, got NoneType"),
     ({"transport": "http://proxy"}, "transport must be an httpx.BaseTransport, got str"),
@@ -276,6 +278,13 @@ def test_good_values_are_kept_and_the_options_are_immutable():
         opts.headers["X-Tenant"] = "x"  # type: ignore[index]
     with pytest.raises(AttributeError):
         opts.timeout = 1  # type: ignore[misc]
+    # copies and pickles are equal options (the read-only headers view included)
+    import copy
+    import pickle
+
+    plain = HttpOptions(api_key=SECRET, headers={"X-Tenant": "t"}, max_retries=1)
+    for clone in (copy.copy(plain), copy.deepcopy(plain), pickle.loads(pickle.dumps(plain))):
+        assert clone == plain and clone.headers == {"X-Tenant": "t"}
     client = HttpClient(opts)
     assert client.attempt_limit == 5.0 and client.deadline == 30.0
     assert HttpClient(timeout=None).attempt_limit is None
@@ -316,6 +325,8 @@ def test_http_flags_build_one_http_options():
     with pytest.raises(InputError, match=r"--http-timeout, --http-retries apply to the modes that talk to a server "
                                          r"\(remote, chat\), not listwise"):
         http_kwargs_from_args(_ns(["--http-timeout", "5", "--http-retries", "1"]), "listwise")
+    with pytest.raises(InputError, match="--http-header 'x-a' is given twice"):
+        HttpOptions.from_args(_ns(["--http-header", "X-A: 1", "--http-header", "x-a: 2"]))
     for bad in (["--http-timeout", "0"], ["--http-retries", "-1"], ["--http-concurrency", "0"],
                 ["--http-header", "no colon"], ["--http-timeout", "soon"]):
         with pytest.raises(SystemExit):

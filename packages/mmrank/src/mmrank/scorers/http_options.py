@@ -34,9 +34,10 @@ MASK = "***"
 #: Answers larger than this are refused (a reranking answer is a few kilobytes).
 DEFAULT_MAX_RESPONSE_BYTES = 64 * 1024 * 1024
 
-# RFC 9110 field names (tokens); values must not break the header block.
+# RFC 9110 field names (tokens); values must not break the header block and must be ASCII (httpx encodes them
+# as ASCII and would fail with a UnicodeEncodeError at the first request).
 _HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
-_BAD_VALUE = re.compile(r"[\r\n\x00]")
+_BAD_VALUE = re.compile(r"[^\t\x20-\x7e]")
 
 
 @dataclass(frozen=True, repr=False)
@@ -129,6 +130,12 @@ class HttpOptions:
             return http or cls()
         return replace(http or cls(), **overrides)
 
+    def __reduce__(self) -> tuple[Any, tuple[dict[str, Any]]]:
+        # copy / deepcopy / pickle: the read-only headers view travels as a plain dict, and is checked again
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        values["headers"] = dict(self.headers)
+        return _rebuild, (values,)
+
     @classmethod
     def field_names(cls) -> frozenset[str]:
         """The names of the fields (the keywords a scorer routes to its ``http`` options)."""
@@ -167,7 +174,12 @@ class HttpOptions:
         given = {name: getattr(ns, dest) for dest, name in _FLAG_FIELDS.items()
                  if getattr(ns, dest, None) is not None}
         if "headers" in given:
-            given["headers"] = dict(given["headers"])
+            headers: dict[str, str] = {}
+            for name, value in given["headers"]:
+                if name.lower() in {k.lower() for k in headers}:
+                    raise InputError(f"--http-header {name!r} is given twice")
+                headers[name] = value
+            given["headers"] = headers
         return cls(**given) if given else None
 
 
@@ -182,6 +194,10 @@ def keyword_names(func: Any) -> tuple[str, ...]:
 
     return tuple(n for n, p in inspect.signature(func).parameters.items()
                  if n != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL))
+
+
+def _rebuild(values: dict[str, Any]) -> HttpOptions:
+    return HttpOptions(**values)
 
 
 # ---------------------------------------------------------------------------------------------- checks
@@ -225,7 +241,8 @@ def _checked_headers(headers: Any) -> dict[str, str]:
         if not isinstance(v, str):
             raise InputError(f"header {k!r} must have a string value, got {type(v).__name__}")
         if _BAD_VALUE.search(v):
-            raise InputError(f"header {k!r} has a line break or NUL in its value {shown}")
+            raise InputError(f"header {k!r} has a line break, a control character or a non-ASCII character in "
+                             f"its value {shown} (HTTP header values are ASCII)")
         if k.lower() in seen:
             raise InputError(f"header {k!r} is given twice (as {seen[k.lower()]!r} too; names are case-insensitive)")
         seen[k.lower()] = k
@@ -239,8 +256,8 @@ def _check_api_key(key: Any, headers: Mapping[str, str]) -> None:
     if not isinstance(key, str):
         raise InputError(f"api_key must be a string, got {type(key).__name__}")
     if key != key.strip() or _BAD_VALUE.search(key):
-        raise InputError("api_key has surrounding whitespace or a line break (read from a file? strip it); "
-                         "the key is not shown")
+        raise InputError("api_key has surrounding whitespace, a line break, a control character or a non-ASCII "
+                         "character (read from a file? strip it); the key is not shown")
     if key and any(k.lower() == "authorization" for k in headers):
         raise InputError("pass the credential once: api_key sets the Authorization header, which headers "
                          "also sets")
