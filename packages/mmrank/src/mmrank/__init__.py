@@ -32,12 +32,16 @@ _LAZY = {
     "RemoteReranker": ("scorers.remote", "RemoteReranker"),
     "SpeedOptions": ("scorers.pointwise", "SpeedOptions"),
     "ChatReranker": ("scorers.chat", "ChatReranker"),
+    "ChatImageOptions": ("scorers.chat", "ChatImageOptions"),
+    "HttpOptions": ("scorers.http_options", "HttpOptions"),
     "load_reranker": ("scorers.factory", "load_reranker"),
 }
 
 if TYPE_CHECKING:  # pragma: no cover - the lazy names' real types, for type checkers and the API reference
+    from .scorers.chat import ChatImageOptions as ChatImageOptions
     from .scorers.chat import ChatReranker as ChatReranker
     from .scorers.factory import load_reranker as load_reranker
+    from .scorers.http_options import HttpOptions as HttpOptions
     from .scorers.listwise import ListwiseReranker as ListwiseReranker
     from .scorers.pairwise import PairwiseReranker as PairwiseReranker
     from .scorers.pointwise import JinaRerankerM0 as JinaRerankerM0

@@ -166,6 +166,7 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     :func:`mmrank.models.options.add_load_arguments`, which ``mmrank serve`` shares too)."""
     from .models.options import add_load_arguments
     from .scorers.factory import MODES
+    from .scorers.http_options import add_http_arguments
 
     g = p.add_argument_group("scorer")
     g.add_argument("--mode", default="pointwise", choices=MODES,
@@ -180,6 +181,7 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--chat-method", default=None, choices=["listwise", "pairwise"],
                    help="chat mode: listwise (default) or pairwise yes/no")
     add_load_arguments(p.add_argument_group("model loading (local modes)"))
+    add_http_arguments(p.add_argument_group("HTTP (remote and chat modes)"))
     lw = p.add_argument_group("listwise")
     lw.add_argument("--listwise-mode", default=None, choices=["generate", "single_pass"],
                     help="generate the [] > [] ordering (default) or rank from the first token's logits (FIRST)")
@@ -191,8 +193,9 @@ def scorer_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     """Scorer keyword arguments from the command line; an option the mode cannot use is a
     :class:`UsageError` (or the loader's :class:`~mmrank.errors.InputError`), never silently dropped."""
     from .models.options import scorer_kwargs_from_args
+    from .scorers.http_options import http_kwargs_from_args
 
-    kw: dict[str, Any] = {}
+    kw: dict[str, Any] = http_kwargs_from_args(args, args.mode)  # {} or {"http": ...}; refused for local modes
     listwise_opts = (("mode", args.listwise_mode), ("window_size", args.window_size), ("step", args.step))
     if args.mode in ("remote", "chat"):
         if args.batch_size:

@@ -78,7 +78,7 @@ import urllib.parse
 import weakref
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from typing import Any, Literal
 
 import httpx
@@ -87,6 +87,7 @@ from PIL import Image
 from ..errors import InputError, RemoteError
 from ..inputs.documents import Document, Query
 from ..inputs.images import DEFAULT_POLICY, ImagePolicy, check_url_host, resolve_source
+from ..models.options import LISTWISE_MAX_PIXELS, MAX_PIXELS, MIN_PIXELS
 from ..ranking.permutation import (
     format_ranking,
     make_identifiers,
@@ -98,7 +99,8 @@ from ..ranking.permutation import (
     sliding_windows,
 )
 from .base import OnError, RankedDocument, Reranker, order_by_score
-from .http import HttpClient, redact_url
+from .http import HttpClient, HttpOptions, redact_url
+from .http_options import keyword_names
 from .prompts import (
     LISTWISE_PROMPTS,
     PAIRWISE_PROMPT,
@@ -178,8 +180,8 @@ _USAGE_SINK: contextvars.ContextVar[list[ChatUsage] | None] = contextvars.Contex
                                                                                       default=None)
 
 
-def fit_size(width: int, height: int, factor: int = 28, min_pixels: int = 3136,
-             max_pixels: int = 602112) -> tuple[int, int]:
+def fit_size(width: int, height: int, factor: int = 28, min_pixels: int = MIN_PIXELS,
+             max_pixels: int = MAX_PIXELS) -> tuple[int, int]:
     """``(width, height)`` the Qwen-VL image processors resize an image to (their ``smart_resize`` rule: both
     sides multiples of ``factor``, the area within ``[min_pixels, max_pixels]``, the aspect ratio kept as
     well as possible). :class:`InputError` for an aspect ratio above 200, which they refuse."""
@@ -198,6 +200,56 @@ def fit_size(width: int, height: int, factor: int = 28, min_pixels: int = 3136,
     return w, h
 
 
+@dataclass(frozen=True)
+class ChatImageOptions:
+    """How :class:`ChatReranker` sends an image: resized to the size the model's image processor would give
+    it (the Qwen-VL ``smart_resize`` rule, :func:`fit_size`), or, for an ``http(s)`` URL, passed through when
+    ``allow_remote_urls``. :class:`ChatReranker` takes it as ``images=`` and accepts each field as a keyword
+    too (``max_pixels=...``), which replaces that field.
+
+    Args:
+        min_pixels: smallest image area the model's processor allows (default 56², the Qwen-VL processors').
+        max_pixels: largest image area; ``None``: the local scorer's default for the method (``256·28·28``
+            listwise, ``768·28·28`` pairwise).
+        image_factor: the processor's size multiple (28 for Qwen2/2.5-VL, 32 for Qwen3-VL).
+        allow_remote_urls: pass ``http(s)`` image URLs to the server to fetch instead of fetching them here
+            (the image policy's scheme and address rules still apply, checked from here).
+    """
+
+    min_pixels: int = MIN_PIXELS
+    max_pixels: int | None = None
+    image_factor: int = 28
+    allow_remote_urls: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("min_pixels", "max_pixels", "image_factor"):
+            v = getattr(self, name)
+            if not (v is None and name == "max_pixels") and (not _is_int(v) or v < 1):
+                raise InputError(f"{name} must be an integer >= 1, got {v!r}")
+        if self.max_pixels is not None and self.min_pixels > self.max_pixels:
+            raise InputError(f"min_pixels ({self.min_pixels}) must not exceed max_pixels ({self.max_pixels})")
+        if not isinstance(self.allow_remote_urls, bool):
+            raise InputError(f"allow_remote_urls must be True or False, got {self.allow_remote_urls!r}")
+
+    def pixel_budget(self, method: str) -> tuple[int, int]:
+        """``(min_pixels, max_pixels)`` for ``method`` (``max_pixels=None`` resolved); an
+        :class:`~mmrank.errors.InputError` when ``min_pixels`` exceeds the method's default ``max_pixels``.
+
+        Args:
+            method: ``"listwise"`` or ``"pairwise"``.
+        """
+        high = self.max_pixels
+        if high is None:
+            high = LISTWISE_MAX_PIXELS if method == "listwise" else MAX_PIXELS
+            if self.min_pixels > high:
+                raise InputError(f"min_pixels ({self.min_pixels}) exceeds the {method} default max_pixels ({high}); "
+                                 "pass max_pixels too")
+        return self.min_pixels, high
+
+
+_IMAGE_FIELDS = frozenset(f.name for f in fields(ChatImageOptions))
+
+
 def _check_modes(method: str, mode: str, prefill: str, prompt: str | ListwisePrompt) -> None:
     """Reject an unknown method, mode, prefill or listwise prompt name, and a mode with pairwise."""
     if method not in METHODS:
@@ -210,6 +262,13 @@ def _check_modes(method: str, mode: str, prefill: str, prompt: str | ListwisePro
         raise InputError(f"prefill must be 'auto', 'continue' or 'none', got {prefill!r}")
     if isinstance(prompt, str) and prompt not in ("auto", *LISTWISE_PROMPTS):
         raise InputError(f"prompt must be 'auto', 'text', 'multimodal' or a ListwisePrompt, got {prompt!r}")
+
+
+def _merge_images(images: ChatImageOptions | None, overrides: dict[str, Any]) -> ChatImageOptions:
+    """``images`` (or the defaults) with the image keywords a caller passed directly replacing its fields."""
+    if images is not None and not isinstance(images, ChatImageOptions):
+        raise InputError(f"images must be a ChatImageOptions, got {type(images).__name__}")
+    return replace(images or ChatImageOptions(), **overrides)
 
 
 def _pairwise_prompt(prompt: str | PairwisePrompt) -> PairwisePrompt:
@@ -227,17 +286,15 @@ def _is_int(v: Any) -> bool:
 
 
 def _check_counts(*, max_new_tokens: int | None, max_passage_words: int | None, max_doc_words: int | None,
-                  max_query_words: int | None, top_logprobs: int, max_concurrency: int) -> None:
-    """Reject a length limit that is not a positive integer or ``None``, ``top_logprobs`` outside 1..20 and a
-    ``max_concurrency`` below 1 (booleans are not integers here)."""
+                  max_query_words: int | None, top_logprobs: int) -> None:
+    """Reject a length limit that is not a positive integer or ``None`` and ``top_logprobs`` outside 1..20
+    (booleans are not integers here)."""
     for name, v in (("max_new_tokens", max_new_tokens), ("max_passage_words", max_passage_words),
                     ("max_doc_words", max_doc_words), ("max_query_words", max_query_words)):
         if v is not None and (not _is_int(v) or v < 1):
             raise InputError(f"{name} must be an integer >= 1 or None, got {v!r}")
     if not _is_int(top_logprobs) or not 1 <= top_logprobs <= 20:
         raise InputError(f"top_logprobs must be an integer in 1..20, got {top_logprobs!r}")
-    if not _is_int(max_concurrency) or max_concurrency < 1:
-        raise InputError(f"max_concurrency must be an integer >= 1, got {max_concurrency!r}")
 
 
 def _api_key(api_key: str | None, url: str) -> str | None:
@@ -261,8 +318,6 @@ class ChatReranker(Reranker):
             NAME=PATH``). ``None``: the first model ``GET /v1/models`` lists.
         method: ``"listwise"`` or ``"pairwise"`` (see the module docstring).
         mode: listwise only — ``"generate"`` or ``"single_pass"``.
-        api_key: bearer token (default ``MMRANK_CHAT_API_KEY``; ``OPENAI_API_KEY`` for api.openai.com only).
-            Never logged, never in an error or ``repr``.
         window_size: candidates per listwise window (RankGPT default 20), as for the local scorer.
         step: how far the window moves towards the front (default 10).
         identifiers: ``"auto"`` (numbers for generate, letters for single pass), ``"numbers"``,
@@ -274,63 +329,50 @@ class ChatReranker(Reranker):
         pairwise_prompt: ``"rank-nexus"``, ``"monoqwen"`` or a :class:`PairwisePrompt`.
         max_doc_words: pairwise document text is cut to this many words (``None``: whole).
         max_query_words: pairwise query text is cut to this many words (``None``: whole).
-        min_pixels: smallest image area the model's processor allows (default 56²).
-        max_pixels: largest image area; default the local scorer's (``256·28·28`` listwise,
-            ``768·28·28`` pairwise).
-        image_factor: the processor's size multiple (28 for Qwen2/2.5-VL, 32 for Qwen3-VL).
-        allow_remote_urls: pass ``http(s)`` image URLs to the server instead of fetching them here.
+        images: :class:`ChatImageOptions` — the pixel budget and size multiple images are resized to (the
+            model's image processor's), and whether ``http(s)`` image URLs are passed to the server.
         prefill: single-pass only — ``"auto"``, ``"continue"`` or ``"none"`` (module docstring).
         top_logprobs: how many alternatives to ask for (1..20).
         strict: a generated ranking that is not a full permutation is an error instead of being repaired.
         extra_body: fields added to every request (e.g. ``{"chat_template_kwargs": {"enable_thinking":
             False}}`` for Qwen3, ``{"mm_processor_kwargs": {...}}``, ``{"seed": 0}``).
-        timeout: seconds one HTTP attempt may take as a whole (``None``: unbounded).
-        deadline: seconds one request may take including its retries and waits (``None``: no bound).
-        max_retries: retries after the first attempt on 429, 5xx, 408 and connection errors / timeouts.
-        backoff: base of the exponential backoff (full jitter), in seconds.
-        max_backoff: longest wait between two attempts, in seconds.
-        max_retry_after: a ``Retry-After`` longer than this fails at once instead of waiting.
-        max_concurrency: requests in flight at once per scorer (sync and async).
-        headers: extra HTTP headers (credential headers are redacted like the key).
-        transport: a custom sync ``httpx`` transport (tests, proxies).
-        async_transport: a custom async ``httpx`` transport.
-        verify: TLS verification, as for httpx.
+        http: :class:`~mmrank.HttpOptions` — timeout, deadline, retries and backoff, ``max_concurrency``
+            (requests in flight at once per scorer, sync and async), API key (default ``MMRANK_CHAT_API_KEY``;
+            ``OPENAI_API_KEY`` for api.openai.com only; never logged, never in an error or ``repr``), headers,
+            TLS, transports.
         clean: how user text is made safe for the chat template (default :func:`defuse_special_tokens`).
         on_error: ``"last"`` (unreadable documents ranked last with an error) or ``"raise"``.
         image_policy: how local images and URLs are read (:class:`~mmrank.ImagePolicy`).
         show_progress: accepted for symmetry with the local scorers (requests are not shown).
         image_workers: threads that read images before the requests.
+        **options: any field of :class:`ChatImageOptions` or :class:`~mmrank.HttpOptions` as a keyword
+            (``max_pixels=...``, ``image_factor=32``, ``api_key="..."``, ``timeout=30``, ``max_concurrency=32``,
+            ``headers={...}``, …); it replaces that field of ``images`` / ``http``.
     """
 
     supports_image_query = True
     supports_image_documents = True
 
     def __init__(self, url: str = DEFAULT_URL, model: str | None = None, *, method: Method = "listwise",
-                 mode: Mode = "generate", api_key: str | None = None, window_size: int = 20, step: int = 10,
+                 mode: Mode = "generate", window_size: int = 20, step: int = 10,
                  identifiers: str | Sequence[str] = "auto", prompt: str | ListwisePrompt = "auto",
                  max_passage_words: int | None = 300, max_new_tokens: int | None = None,
                  pairwise_prompt: str | PairwisePrompt = PAIRWISE_PROMPT, max_doc_words: int | None = 1024,
-                 max_query_words: int | None = 256, min_pixels: int = 3136, max_pixels: int | None = None,
-                 image_factor: int = 28, allow_remote_urls: bool = False, prefill: Prefill = "auto",
-                 top_logprobs: int = MAX_TOP_LOGPROBS, strict: bool = False,
-                 extra_body: dict[str, Any] | None = None, timeout: float | httpx.Timeout = 120.0,
-                 deadline: float | None = None, max_retries: int = 3, backoff: float = 0.5,
-                 max_backoff: float = 20.0, max_retry_after: float = 60.0, max_concurrency: int = 8,
-                 headers: dict[str, str] | None = None, transport: httpx.BaseTransport | None = None,
-                 async_transport: httpx.AsyncBaseTransport | None = None, verify: bool = True,
+                 max_query_words: int | None = 256, images: ChatImageOptions | None = None,
+                 prefill: Prefill = "auto", top_logprobs: int = MAX_TOP_LOGPROBS, strict: bool = False,
+                 extra_body: dict[str, Any] | None = None, http: HttpOptions | None = None,
                  clean: Callable[[str], str] | None = None, on_error: OnError = "last",
-                 image_policy: ImagePolicy = DEFAULT_POLICY, show_progress: bool = False, image_workers: int = 4):
+                 image_policy: ImagePolicy = DEFAULT_POLICY, show_progress: bool = False, image_workers: int = 4,
+                 **options: Any):
         super().__init__(on_error=on_error, image_policy=image_policy, show_progress=show_progress,
                          image_workers=image_workers)
+        images = _merge_images(images, {k: options.pop(k) for k in list(options) if k in _IMAGE_FIELDS})
+        http = HttpOptions.merge(http, also=(*keyword_names(ChatReranker.__init__), *_IMAGE_FIELDS), **options)
         _check_modes(method, mode, prefill, prompt)
         pairwise_prompt = _pairwise_prompt(pairwise_prompt)
         _check_counts(max_new_tokens=max_new_tokens, max_passage_words=max_passage_words,
-                      max_doc_words=max_doc_words, max_query_words=max_query_words, top_logprobs=top_logprobs,
-                      max_concurrency=max_concurrency)
-        if max_pixels is None:
-            max_pixels = 256 * 28 * 28 if method == "listwise" else 602112
-        if not (isinstance(image_factor, int) and image_factor >= 1 and 1 <= min_pixels <= max_pixels):
-            raise InputError("need image_factor >= 1 and 1 <= min_pixels <= max_pixels")
+                      max_doc_words=max_doc_words, max_query_words=max_query_words, top_logprobs=top_logprobs)
+        min_pixels, max_pixels = images.pixel_budget(method)
         sliding_windows(0, window_size, step)  # validates window_size and step
         if model is not None and (not isinstance(model, str) or not model.strip()):
             raise InputError(f"model must be a non-empty string (the served model name), got {model!r}")
@@ -354,30 +396,31 @@ class ChatReranker(Reranker):
         self.answer_words = tuple(pairwise_prompt.answer_words)
         self.max_doc_words = max_doc_words
         self.max_query_words = max_query_words
-        self.min_pixels = int(min_pixels)
-        self.max_pixels = int(max_pixels)
-        self.image_factor = int(image_factor)
-        self.allow_remote_urls = bool(allow_remote_urls)
+        self.images = images
+        self.min_pixels, self.max_pixels = min_pixels, max_pixels
+        self.image_factor = images.image_factor
+        self.allow_remote_urls = images.allow_remote_urls
         self.prefill: Prefill = prefill
         self.top_logprobs = top_logprobs
         self.strict = bool(strict)
         self.extra_body = dict(extra_body or {})
         self.clean = clean or defuse_special_tokens
-        self.max_concurrency = max_concurrency
+        #: the HTTP options as given (``api_key`` as passed: a key read from the environment is not kept here)
+        self.http = http
+        self.max_concurrency = http.max_concurrency
 
-        key = _api_key(api_key, self.url)
+        # api_key, else the environment's key; an Authorization header of the caller's wins over the environment
+        key = http.api_key if http.has_authorization else _api_key(http.api_key, self.url)
         self.__api_key = key
         hint_key = f" — check the API key (api_key= or {API_KEY_ENV})"
         self._http = HttpClient(
-            what="the chat server", api_key=key, headers=headers, timeout=timeout, deadline=deadline,
-            max_retries=max_retries, backoff=backoff, max_backoff=max_backoff, max_retry_after=max_retry_after,
-            user_agent="mmrank-chat/0.1", transport=transport, async_transport=async_transport, verify=verify,
+            replace(http, api_key=key), what="the chat server", user_agent="mmrank-chat/0.1",
             hints={401: hint_key, 403: hint_key,
                    404: " — check the URL and the model name (a LoRA adapter is served under its own name)"})
         self.model_name = model or f"chat:{redact_url(self.url)}"
         self._wire: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
         self._lock = threading.Lock()
-        self._gate = threading.BoundedSemaphore(max_concurrency)
+        self._gate = threading.BoundedSemaphore(self.max_concurrency)
         self._agates: dict[int, tuple[Any, asyncio.Semaphore]] = {}
         #: token usage of every call so far, and of the last ``rank`` / ``rank_many`` call
         self.usage = ChatUsage()

@@ -18,7 +18,7 @@ HTTP_MODES: tuple[Mode, ...] = tuple(m for m in MODES if m not in DEVICE_MODES)
 
 
 def check_settings(mode: str, *, device: Any = None, batch_size: int | None = None, url: str | None = None,
-                   api_key: str | None = None, token: str | None = None) -> dict[str, Any]:
+                   api_key: str | None = None, token: str | None = None, http: Any = None) -> dict[str, Any]:
     """The settings that were given (not ``None``), after checking that ``mode`` is known and uses each of
     them; :class:`InputError` (a ``ValueError``) otherwise. Integrations call it to fail at construction."""
     if mode not in MODES:
@@ -26,7 +26,7 @@ def check_settings(mode: str, *, device: Any = None, batch_size: int | None = No
     given = {}
     for name, value, modes in (("device", device, DEVICE_MODES), ("batch_size", batch_size, BATCH_MODES),
                                ("url", url, HTTP_MODES), ("api_key", api_key, HTTP_MODES),
-                               ("token", token, DEVICE_MODES)):
+                               ("token", token, DEVICE_MODES), ("http", http, HTTP_MODES)):
         if value is None:
             continue
         if mode not in modes:
@@ -51,7 +51,8 @@ def load_reranker(mode: Mode = "pointwise", /, model: str | None = None, *, devi
 
     The common knobs are checked against the mode here, so a setting that a mode would not use is an error
     rather than silently dropped: ``device`` and the hub ``token`` (local modes), ``batch_size`` (pointwise,
-    pairwise), ``url`` and ``api_key`` (remote, chat). Other ``kwargs`` go to the scorer's constructor. ``mode`` is positional-only, so the
+    pairwise), ``url``, ``api_key`` and ``http`` (an :class:`mmrank.HttpOptions`; remote, chat). Other
+    ``kwargs`` go to the scorer's constructor. ``mode`` is positional-only, so the
     listwise scorer's own ``mode`` (``"generate"`` / ``"single_pass"``) passes through:
     ``load_reranker("listwise", m, mode="single_pass")``.
 
@@ -69,7 +70,7 @@ def load_reranker(mode: Mode = "pointwise", /, model: str | None = None, *, devi
         InputError: an unknown mode, or a setting the mode does not use.
     """
     kwargs.update(check_settings(mode, device=device, batch_size=batch_size, url=url, api_key=api_key,
-                                 token=kwargs.pop("token", None)))
+                                 token=kwargs.pop("token", None), http=kwargs.pop("http", None)))
     if mode == "pointwise":
         from .pointwise import DEFAULT_MODEL, JinaRerankerM0
 

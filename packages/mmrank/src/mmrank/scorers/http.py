@@ -1,7 +1,9 @@
 """The HTTP layer shared by the remote scorers (:mod:`~mmrank.scorers.remote` and :mod:`~mmrank.scorers.chat`).
 
 :class:`HttpClient` sends one JSON request and returns the server's successful answer, or raises a
-:class:`~mmrank.errors.RemoteError` whose message carries the server's own error message. It owns:
+:class:`~mmrank.errors.RemoteError` whose message carries the server's own error message. Its knobs are one
+:class:`~mmrank.scorers.http_options.HttpOptions` (re-exported here), the object the scorers take as ``http=``.
+It owns:
 
 * **clients** — one ``httpx.Client`` and one ``httpx.AsyncClient`` per running event loop (an async client
   belongs to the loop that first used it), redirects never followed;
@@ -37,18 +39,16 @@ from typing import Any
 import httpx
 
 from ..errors import InputError, RemoteError
+from .http_options import DEFAULT_MAX_RESPONSE_BYTES, MASK, SECRET_HEADERS, HttpOptions
+
+__all__ = ["HttpClient", "HttpOptions", "Redactor", "redact_url", "server_message", "retry_after", "encode_json",
+           "RETRY_STATUS", "SECRET_HEADERS", "MASK", "DEFAULT_MAX_RESPONSE_BYTES"]
 
 logger = logging.getLogger("mmrank")
 
 RETRY_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
-#: Header names whose values are credentials (compared lower-case).
-SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "x-api-key", "api-key", "cookie",
-                            "x-auth-token", "openai-api-key"})
 #: Query-string parameter names whose values are credentials.
 _SECRET_PARAM = re.compile(r"(?i)(key|token|secret|password|passwd|auth|signature|sig)")
-MASK = "***"
-#: Answers larger than this are refused (a reranking answer is a few kilobytes).
-DEFAULT_MAX_RESPONSE_BYTES = 64 * 1024 * 1024
 
 
 # ---------------------------------------------------------------------------------------------- redaction
@@ -212,64 +212,53 @@ class HttpClient:
     """JSON over HTTP with retries, whole-attempt timeouts, an overall deadline and redaction.
 
     Args:
+        options: the :class:`~mmrank.scorers.http_options.HttpOptions` (timeout, deadline, retries and
+            backoff, API key, headers, TLS, transports, answer size; ``max_concurrency`` is the caller's to
+            apply). ``None``: the defaults.
         what: how errors name the service (e.g. ``"the rerank server"``); the URL is added.
-        api_key: sent as ``Authorization: Bearer <key>``; never logged or shown.
-        headers: extra headers; values of credential headers are redacted like the key.
-        timeout: seconds one attempt may take as a whole (or an ``httpx.Timeout``, whose largest part is
-            used as that bound and whose parts still bound each connect/read/write; ``None``: unbounded).
-        deadline: seconds one call may take including retries and waits (``None``: no bound beyond
-            ``timeout`` per attempt and the retry budget).
-        max_retries / backoff / max_backoff / max_retry_after: see the module docstring; the n-th retry
-            waits a random time in ``[0, min(max_backoff, backoff·2ⁿ)]`` unless the server sends
-            ``Retry-After``.
         hints: text added to the error message for a status code (e.g. ``{401: " — check the API key"}``).
-        transport / async_transport / verify: passed to httpx (tests, proxies, TLS).
+        user_agent: the ``User-Agent`` header.
+        **flat: any field of :class:`~mmrank.scorers.http_options.HttpOptions` as a keyword
+            (``timeout=5``); it replaces that field of ``options``.
     """
 
-    def __init__(self, *, what: str = "the server", api_key: str | None = None,
-                 headers: dict[str, str] | None = None, timeout: float | httpx.Timeout | None = 60.0,
-                 deadline: float | None = None, max_retries: int = 3, backoff: float = 0.5,
-                 max_backoff: float = 20.0, max_retry_after: float = 60.0, hints: dict[int, str] | None = None,
-                 user_agent: str = "mmrank", transport: httpx.BaseTransport | None = None,
-                 async_transport: httpx.AsyncBaseTransport | None = None, verify: bool = True,
-                 max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES):
-        if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
-            raise InputError(f"max_retries must be an integer >= 0, got {max_retries!r}")
-        if timeout is None:  # no whole-attempt bound (the deadline, if any, still holds)
+    def __init__(self, options: HttpOptions | None = None, *, what: str = "the server",
+                 hints: dict[int, str] | None = None, user_agent: str = "mmrank", **flat: Any):
+        o = HttpOptions.merge(options, also=("what", "hints", "user_agent"), **flat)
+        self.options = o
+        if o.timeout is None:  # no whole-attempt bound (the deadline, if any, still holds)
             limit = None
             self.timeout = httpx.Timeout(None)
-        elif isinstance(timeout, httpx.Timeout):
-            parts = [t for t in (timeout.connect, timeout.read, timeout.write, timeout.pool) if t is not None]
+        elif isinstance(o.timeout, httpx.Timeout):
+            parts = [t for t in (o.timeout.connect, o.timeout.read, o.timeout.write, o.timeout.pool) if t is not None]
             limit = max(parts) if parts else None
-            self.timeout = timeout
+            self.timeout = o.timeout
         else:
-            limit = _positive("timeout", timeout)
+            limit = float(o.timeout)
             self.timeout = httpx.Timeout(limit)
         #: seconds one attempt may take as a whole (``None``: unbounded)
         self.attempt_limit: float | None = limit
-        self.deadline = None if deadline is None else _positive("deadline", deadline)
-        for name, v in (("backoff", backoff), ("max_backoff", max_backoff), ("max_retry_after", max_retry_after)):
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0:
-                raise InputError(f"{name} must be a number >= 0, got {v!r}")
+        self.deadline = None if o.deadline is None else float(o.deadline)
         self.what = what
-        self.max_retries = max_retries
-        self.backoff = float(backoff)
-        self.max_backoff = float(max_backoff)
-        self.max_retry_after = float(max_retry_after)
-        self.max_response_bytes = int(max_response_bytes)
+        self.max_retries = o.max_retries
+        self.backoff = float(o.backoff)
+        self.max_backoff = float(o.max_backoff)
+        self.max_retry_after = float(o.max_retry_after)
+        self.max_response_bytes = o.max_response_bytes
         self.hints = dict(hints or {})
-        self.redact = Redactor([api_key])
+        self.redact = Redactor([o.api_key])
         _LOG_FILTER.redactors.add(self.redact)
         self._headers = {"Accept": "application/json", "User-Agent": user_agent}
-        for k, v in (headers or {}).items():
+        for k, v in o.headers.items():  # a caller's header replaces ours of the same name, whatever its case
+            self._headers = {h: x for h, x in self._headers.items() if h.lower() != k.lower()}
             self._headers[k] = v
             if k.lower() in SECRET_HEADERS:
                 self.redact.add(v)
-        if api_key:
-            self._headers["Authorization"] = f"Bearer {api_key}"
-        self._transport = transport
-        self._async_transport = async_transport
-        self._verify = verify
+        if o.api_key:
+            self._headers["Authorization"] = f"Bearer {o.api_key}"
+        self._transport = o.transport
+        self._async_transport = o.async_transport
+        self._verify = o.verify
         self._client: httpx.Client | None = None
         self._aclients: dict[int, tuple[Any, httpx.AsyncClient]] = {}
         self._lock = threading.Lock()
@@ -576,8 +565,3 @@ def encode_json(body: Any) -> bytes | None:
 def _json_headers(content: bytes | None) -> dict[str, str]:
     return {"Content-Type": "application/json"} if content is not None else {}
 
-
-def _positive(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or value == float("inf"):
-        raise InputError(f"{name} must be a positive number of seconds, got {value!r}")
-    return float(value)

@@ -66,7 +66,7 @@ import threading
 import urllib.parse
 import weakref
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import httpx
@@ -83,7 +83,8 @@ from ..inputs.images import (
     resolve_source,
 )
 from .base import DocumentError, OnError, PreparedRanking, Reranker, _id_suffix
-from .http import HttpClient, redact_url, server_message  # noqa: F401 - server_message: public re-export
+from .http import HttpClient, HttpOptions, redact_url, server_message  # noqa: F401 - server_message: public re-export
+from .http_options import keyword_names
 
 logger = logging.getLogger("mmrank")
 
@@ -172,6 +173,14 @@ def _endpoint(url: str, dialect: str) -> str:
     return urllib.parse.urlunsplit(parts._replace(path=path))
 
 
+def _api_key(http: HttpOptions) -> str | None:
+    """``http.api_key``, else ``MMRANK_API_KEY``, else ``JINA_API_KEY`` — no variable is read when the caller
+    sends an ``Authorization`` header of their own."""
+    if http.api_key is not None or http.has_authorization:
+        return http.api_key
+    return next((os.environ[v] for v in API_KEY_ENV if os.environ.get(v)), None)
+
+
 def _server_root(endpoint: str) -> str:
     parts = urllib.parse.urlsplit(endpoint)
     path = parts.path
@@ -191,46 +200,30 @@ class RemoteReranker(Reranker):
             ``/rerank`` for Infinity). Default: Jina's API, ``https://api.jina.ai/v1/rerank``.
         model: model name sent with each request (default ``jina-reranker-m0`` for Jina's API; omitted
             for other servers when not given, so they use the model they serve).
-        api_key: bearer token; default from ``MMRANK_API_KEY`` then ``JINA_API_KEY``. Never logged.
         dialect: ``"jina"``, ``"vllm"``, ``"infinity"`` or ``"auto"`` (see the module docstring).
-        timeout: seconds one HTTP attempt may take as a whole — connect, send and the whole answer (a
-            server trickling its answer cannot stretch it) — or an ``httpx.Timeout``.
-        deadline: seconds one request may take including its retries and waits (default: no bound beyond
-            ``timeout`` per attempt); a retry that could not finish in time is not started.
-        max_retries: retries after the first attempt on 429, 5xx, 408 and connection errors/timeouts.
-        backoff: the n-th retry waits a random time in ``[0, min(max_backoff, backoff·2ⁿ)]`` (full jitter), or
-            the server's ``Retry-After`` when it sends one.
-        max_backoff: the longest such wait, in seconds.
-        max_retry_after: a ``Retry-After`` longer than this (seconds) fails at once instead of sleeping.
         max_documents_per_request: documents per request at most (long lists are split).
         max_request_bytes: approximate request size at most (long lists are split).
-        max_concurrency: sub-requests in flight at once (sync and async).
-        headers: extra HTTP headers (e.g. a tenant id). ``Authorization`` is set from ``api_key``.
-        transport: a custom sync httpx transport (tests, proxies).
-        async_transport: a custom async httpx transport.
-        verify: TLS verification, as for httpx.
+        http: :class:`~mmrank.HttpOptions` — timeout, deadline, retries and backoff, ``max_concurrency``
+            (sub-requests in flight at once), API key (default from ``MMRANK_API_KEY`` then ``JINA_API_KEY``;
+            never logged), headers, TLS, transports.
         on_error: ``"last"`` (unreadable documents ranked last with an error) or ``"raise"``.
         image_policy: how local images are read before sending (URLs are not fetched here).
         show_progress: accepted for symmetry with the local scorers.
         image_workers: threads that read local images.
+        **options: any field of :class:`~mmrank.HttpOptions` as a keyword (``api_key="..."``, ``timeout=30``,
+            ``max_retries=0``, ``headers={...}``, ``transport=...``, …); it replaces that field of ``http``.
     """
 
-    def __init__(self, url: str | None = None, *, model: str | None = None, api_key: str | None = None,
-                 dialect: Dialect = "auto", timeout: float | httpx.Timeout = 60.0, deadline: float | None = None,
-                 max_retries: int = 3,
-                 backoff: float = 0.5, max_backoff: float = 20.0, max_retry_after: float = 60.0,
+    def __init__(self, url: str | None = None, *, model: str | None = None, dialect: Dialect = "auto",
                  max_documents_per_request: int | None = None, max_request_bytes: int = 48 * 1024 * 1024,
-                 max_concurrency: int = 4, headers: dict[str, str] | None = None,
-                 transport: httpx.BaseTransport | None = None,
-                 async_transport: httpx.AsyncBaseTransport | None = None, verify: bool = True,
-                 on_error: OnError = "last", image_policy: ImagePolicy = DEFAULT_POLICY,
-                 show_progress: bool = False, image_workers: int = 4):
+                 http: HttpOptions | None = None, on_error: OnError = "last",
+                 image_policy: ImagePolicy = DEFAULT_POLICY, show_progress: bool = False, image_workers: int = 4,
+                 **options: Any):
         super().__init__(on_error=on_error, image_policy=image_policy, show_progress=show_progress,
                          image_workers=image_workers)
+        http = HttpOptions.merge(http, also=keyword_names(RemoteReranker.__init__), **options)
         if dialect not in DIALECTS:
             raise InputError(f"dialect must be one of {DIALECTS}, got {dialect!r}")
-        if max_retries < 0 or max_concurrency < 1:
-            raise InputError("max_retries must be >= 0 and max_concurrency >= 1")
         if max_documents_per_request is not None and max_documents_per_request < 1:
             raise InputError("max_documents_per_request must be >= 1")
         is_jina_service = url is None
@@ -246,20 +239,18 @@ class RemoteReranker(Reranker):
         self._url_from_base = urllib.parse.urlsplit(url).path.rstrip("/") == ""
         self.model = model if model is not None else (JINA_MODEL if is_jina_service else None)
         self.model_name = self.model or f"remote:{_redact(self.url)}"
-        key = api_key
-        if key is None:
-            key = next((os.environ[v] for v in API_KEY_ENV if os.environ.get(v)), None)
-        if is_jina_service and not key:
+        key = _api_key(http)
+        if is_jina_service and not key and not http.has_authorization:
             raise InputError("Jina's rerank API needs an API key: pass api_key=... or set MMRANK_API_KEY "
                              "(or JINA_API_KEY); for your own server pass url=...")
         self.__api_key = key
+        #: the HTTP options as given (``api_key`` as passed: a key read from the environment is not kept here)
+        self.http = http
         self.max_documents_per_request = max_documents_per_request
         self.max_request_bytes = int(max_request_bytes)
-        self.max_concurrency = int(max_concurrency)
+        self.max_concurrency = http.max_concurrency
         self._http = HttpClient(
-            what="the rerank server", api_key=key, headers=headers, timeout=timeout, deadline=deadline,
-            max_retries=max_retries, backoff=backoff, max_backoff=max_backoff, max_retry_after=max_retry_after,
-            user_agent="mmrank-remote/0.1", transport=transport, async_transport=async_transport, verify=verify,
+            replace(http, api_key=key), what="the rerank server", user_agent="mmrank-remote/0.1",
             hints={401: " — check the API key (api_key=, MMRANK_API_KEY or JINA_API_KEY)",
                    403: " — check the API key (api_key=, MMRANK_API_KEY or JINA_API_KEY)",
                    413: " — the request is too large; lower max_documents_per_request or max_request_bytes",

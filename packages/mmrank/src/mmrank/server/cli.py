@@ -10,6 +10,7 @@ import sys
 from typing import Any
 
 from ..models.options import add_load_arguments, scorer_kwargs_from_args
+from ..scorers.http_options import add_http_arguments, http_kwargs_from_args
 
 _MiB = 1024 * 1024
 
@@ -38,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="model id or local folder (default: the mode's default; also env MMRANK_MODEL)")
     g.add_argument("--batch-size", type=int, default=None, help="pairs per forward pass")
     add_load_arguments(p.add_argument_group("model loading"))
+    add_http_arguments(p.add_argument_group("HTTP to the chat server (--mode chat)"))
     g.add_argument("--served-model-name", action="append", default=None, metavar="NAME",
                    help="the model's name in responses and /v1/models (repeatable: more names a request's "
                         "'model' may use; with any given, other names get 404); default: the model id, or the "
@@ -191,6 +193,7 @@ def _scorer(args: argparse.Namespace, config) -> Any:
     elif args.url or args.chat_method:
         raise SystemExit("mmrank serve: --url/--chat-method apply to --mode chat only")
     kw.update(scorer_kwargs_from_args(args, args.mode))
+    kw.update(http_kwargs_from_args(args, args.mode))
     if args.batch_size:
         kw["batch_size"] = args.batch_size
     return load_reranker(args.mode, args.model, **kw)
