@@ -102,3 +102,26 @@ def test_slow_urls_do_not_block_other_clients(server, image_host):
     slow_out = slow_result["resp"]
     assert slow_out.status_code == 200 and time.monotonic() - t0 > 1.0  # it really held the image thread
     assert all(r["relevance_score"] is None and "timed out" in r["error"] for r in slow_out.json()["results"])
+
+
+def test_a_requests_images_share_one_deadline(jina_reranker, image_host):
+    """``--images-deadline``: a request of many slow image URLs stops reading at the deadline; the images not
+    started by then are those documents' errors, and the rest of the request is answered."""
+    from mmrank.server.app import create_app
+    from mmrank.server.config import ServerConfig
+    from starlette.testclient import TestClient
+
+    cfg = ServerConfig(images_deadline=0.5, image_timeout=3, image_workers=1, allow_private_urls=True)
+    docs = [{"image": f"{image_host.url}/slow.png?delay=1&n={i}"} for i in range(5)] + ["text"]
+    with TestClient(create_app(jina_reranker, cfg)) as client:
+        t0 = time.monotonic()
+        resp = client.post("/v1/rerank", json={"query": "q", "documents": docs, "on_error": "last"})
+        took = time.monotonic() - t0
+    assert resp.status_code == 200, resp.text
+    results = {r["index"]: r for r in resp.json()["results"]}
+    assert sorted(results) == list(range(6))
+    late = sorted(i for i, r in results.items() if r.get("error"))
+    assert late == [1, 2, 3, 4], results  # one image thread: the first read ends after the deadline
+    assert all("--images-deadline" in results[i]["error"] and f"document {i}" in results[i]["error"] for i in late)
+    assert results[5]["relevance_score"] is not None and results[0]["relevance_score"] is not None
+    assert took < 3.5  # the read in flight (1 s), not 5 s of downloads

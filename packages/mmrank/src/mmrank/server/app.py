@@ -177,14 +177,16 @@ class RerankService:
             errors.append(err)
         return query, docs, errors
 
-    def prepare(self, req: RerankRequest, query: Query, docs: list[Document],
-                errors: list[InputError | None]) -> tuple[PreparedRanking, int]:
+    def prepare(self, req: RerankRequest, query: Query, docs: list[Document], errors: list[InputError | None],
+                cancelled: threading.Event | None = None) -> tuple[PreparedRanking, int]:
         """In an image thread: read every image's size under the pixel budget (from its header where the
-        format tells it; a streaming scorer decodes the pixels while it scores), then the scorer's own
-        preparation (its query check and per-document checks); ``usage.total_tokens`` of the readable
-        documents."""
+        format tells it; a streaming scorer decodes the pixels while it scores) and under the request's
+        images deadline, then the scorer's own preparation (its query check and per-document checks);
+        ``usage.total_tokens`` of the readable documents. ``cancelled`` (the client left): images not started
+        yet are not read."""
         cfg = self.config
         budget = _PixelBudget(cfg.max_total_pixels)
+        deadline = time.monotonic() + cfg.images_deadline
         try:
             if query.has_image:
                 w, h = query.image_size(self.policy)
@@ -198,7 +200,12 @@ class RerankService:
             return d.load_image(self.policy).size if req.on_error == "raise" else d.image_size(self.policy)
 
         def load(i: int) -> None:
-            if budget.exceeded:
+            if budget.exceeded or (cancelled is not None and cancelled.is_set()):
+                return
+            if time.monotonic() > deadline:
+                errors[i] = ImageLoadError(f"not read: the request's images took over {cfg.images_deadline:g} s "
+                                           "(--images-deadline); send fewer image URLs per request, or faster "
+                                           "ones").for_document(i, None)
                 return
             try:
                 w, h = size(docs[i])
@@ -285,7 +292,12 @@ class RerankService:
         loop = asyncio.get_running_loop()
         has_images = query.has_image or any(d.has_image for d in docs)
         pool = self.prep_pool if has_images else self.text_pool
-        call, tokens = await loop.run_in_executor(pool, self.prepare, req, query, docs, pre_errors)
+        cancelled = threading.Event()
+        try:
+            call, tokens = await loop.run_in_executor(pool, self.prepare, req, query, docs, pre_errors, cancelled)
+        except asyncio.CancelledError:  # the client left: the images not started yet are not read
+            cancelled.set()
+            raise
         bad = call.failed
         self.metrics.document_errors(len(bad))
         if bad and req.on_error == "raise":

@@ -76,6 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="characters of one query or document text")
     lim.add_argument("--image-timeout", type=float, default=d.image_timeout,
                      help="seconds to fetch one image URL")
+    lim.add_argument("--images-deadline", type=float, default=d.images_deadline,
+                     help="seconds one request may spend reading all its images; images not started by then "
+                          "are those documents' errors")
     lim.add_argument("--allow-private-urls", action="store_true",
                      help="fetch image URLs on loopback/private/link-local addresses (SSRF guard off)")
     lim.add_argument("--allow-local-files", action="store_true", help="accept local paths and file: URLs as images")
@@ -172,6 +175,7 @@ def _config(args: argparse.Namespace):
         max_documents=args.max_documents, max_body_bytes=args.max_body_bytes, max_image_bytes=args.max_image_bytes,
         max_image_pixels=args.max_image_pixels, max_total_pixels=args.max_total_pixels,
         max_text_chars=args.max_text_chars, image_timeout=args.image_timeout,
+        images_deadline=args.images_deadline,
         allow_private_urls=args.allow_private_urls, allow_local_files=args.allow_local_files,
         local_files_root=args.local_files_root,
         api_key=args.api_key or None,

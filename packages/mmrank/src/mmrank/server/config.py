@@ -28,6 +28,9 @@ class ServerConfig:
     """Characters of one text (query or document). The model truncates far below this anyway."""
     image_timeout: float = 10.0
     """Seconds allowed to fetch one image URL (connect + whole download)."""
+    images_deadline: float = 60.0
+    """Seconds one request may spend reading its images, all of them; an image not started by then is that
+    document's error (so a request costs at most this plus one ``image_timeout`` of image reading)."""
     allow_private_urls: bool = False
     """Fetch image URLs whose host is loopback / private / link-local (off: SSRF guard)."""
     allow_local_files: bool = False
