@@ -30,7 +30,7 @@ def test_all_source_shapes_give_the_same_pixels(tmp_path: Path):
     p = tmp_path / "a.png"
     p.write_bytes(raw)
     b64 = base64.b64encode(raw).decode()
-    sources = [raw, bytearray(raw), p, str(p), f"file://{p}", f"data:image/png;base64,{b64}", b64,
+    sources = [raw, bytearray(raw), p, str(p), f"file://{p}", f"data:image/png;base64,{b64}", f"DATA:image/PNG;BASE64,{b64}", b64,
                Image.open(io.BytesIO(raw))]
     for src in sources:
         img = load_image(src)

@@ -243,7 +243,7 @@ def _data_uri_bytes(uri: str, policy: ImagePolicy, source: str) -> bytes:
     header, sep, payload = uri.partition(",")
     if not sep:
         raise ImageLoadError("malformed data: URI (no comma)", source=source)
-    if ";base64" in header:
+    if ";base64" in header.lower():  # RFC 2397 parameters are case-insensitive
         return _decode_base64(payload, policy, source)
     return urllib.parse.unquote_to_bytes(payload)
 
