@@ -146,7 +146,7 @@ def format_ranking(identifiers: Sequence[str]) -> str:
 
 _MAX_ID_CHARS = 16  # the longest identifier the parser reads between brackets
 _BRACKETED = re.compile(r"\[\s*([^\[\]\s]{1,16})\s*\]")
-_THINK_BLOCK = re.compile(r"<think>.*?</think>", re.DOTALL | re.IGNORECASE)
+_THINK_TAG = re.compile(r"<(/?)think>", re.IGNORECASE)
 _THINK_OPEN = re.compile(r"<think>", re.IGNORECASE)
 _THINK_CLOSE = re.compile(r"</think>", re.IGNORECASE)
 _TRAILING_OPEN = re.compile(r"\[\s*([^\[\]\s]{1,16})\s*$")
@@ -170,9 +170,24 @@ def identifier_key(identifier: object) -> str:
 def _answer_part(text: str) -> tuple[str, str]:
     """(the answer, the reasoning) of a model's output: ``<think>…</think>`` blocks are reasoning; an
     unclosed ``<think>`` (output cut while thinking) makes the rest reasoning; text before a lone ``</think>``
-    (a template that opened the block in the prompt) is reasoning too."""
-    thoughts = [m.group(0) for m in _THINK_BLOCK.finditer(text)]
-    answer = _THINK_BLOCK.sub(" ", text)
+    (a template that opened the block in the prompt) is reasoning too.
+
+    One pass over the tags (a block runs from an opening tag to the first closing tag after it; openings
+    inside it are part of it): a regular expression ``<think>.*?</think>`` rescans the rest of the text from
+    every unclosed opening tag, which took seconds on an answer of a few thousand ``<think>``."""
+    thoughts: list[str] = []
+    pieces: list[str] = []
+    pos, opened_at = 0, -1
+    for m in _THINK_TAG.finditer(text):
+        if m.group(1) != "/":
+            if opened_at < 0:
+                opened_at = m.start()
+        elif opened_at >= 0:
+            thoughts.append(text[opened_at:m.end()])
+            pieces += [text[pos:opened_at], " "]
+            pos, opened_at = m.end(), -1
+    pieces.append(text[pos:])
+    answer = "".join(pieces)
     close = list(_THINK_CLOSE.finditer(answer))
     if close:
         thoughts.append(answer[: close[-1].start()])
