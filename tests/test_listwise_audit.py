@@ -264,3 +264,25 @@ def test_an_empty_window_is_a_clear_error():
     with pytest.raises(InputError, match="at least one document"):
         r.window_conversation(QUERY, [])
     assert r.rank(QUERY, []) == []
+
+
+@pytest.mark.parametrize("kv_cache", ["static", "dynamic"])
+def test_text_stop_stops_each_row_of_a_left_padded_batch_at_its_own_answer(kv_cache):
+    """TextStop's claim: rows of different windows (different prompt lengths, left padded) each stop at their
+    own complete answer; a stopped row stays stopped while the other goes on; ``steps`` says when."""
+    from mmrank.models.decoding import TextStop
+    from mmrank.ranking.completion import answer_complete
+
+    r = _scorer(tiny_model_dir("lm", "qwen2_vl"), window_size=6, step=3)
+    vlm = r.vlm
+    windows = [r.window_conversation(QUERY, PASSAGES[:2]), r.window_conversation(QUERY, PASSAGES[2:7])]
+    inputs, lengths = vlm.encode([vlm.render(c) for c, _ in windows], [c.images for c, _ in windows])
+    assert lengths[0] != lengths[1]
+    answers = ["[2] > [1]", "[5] > [3] > [1] > [2] > [4]"]
+    forced = [vlm.token_ids(a + " and then [1] chatter that goes on") for a in answers]
+    stop = TextStop(vlm.tokenizer, inputs["input_ids"].shape[1],
+                    [lambda t, ids=ids: answer_complete(t, ids) for _, ids in windows])
+    out = vlm.generate(inputs, max(map(len, forced)), kv_cache=kv_cache, stopping_criteria=[stop],
+                       logits_processor=LogitsProcessorList([ForceTokens(forced)]))
+    assert out == answers
+    assert stop.steps == [len(vlm.token_ids(a)) for a in answers]
