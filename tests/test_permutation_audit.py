@@ -195,6 +195,18 @@ def test_a_bare_letter_chain_is_read_around_english_words(n, seed, sep, lead, lo
 
 
 @settings(max_examples=200, deadline=None)
+@given(n=st.integers(2, 30), seed=st.integers(0, 10**6), sep=st.sampled_from([" > ", ">", " -> "]),
+       lead=st.sampled_from(["", "Ranking of {n} passages: ", "Top {k} first. ", "I think "]))
+def test_a_bare_number_chain_is_read_around_other_numbers(n, seed, sep, lead):
+    """Numbers without brackets: a ">" chain is the answer; other numbers around it ("of 12 passages") are not."""
+    ids = make_identifiers("numbers", n)
+    perm = list(range(n))
+    random.Random(seed).shuffle(perm)
+    answer = lead.format(n=n, k=min(3, n)) + sep.join(ids[i] for i in perm)
+    assert parse_permutation(answer, ids) == perm
+
+
+@settings(max_examples=200, deadline=None)
 @given(n=st.integers(1, 30), seed=st.integers(0, 10**6), cut=st.integers(0, 400))
 def test_a_truncated_answer_keeps_every_identifier_it_completed(n, seed, cut):
     ids = make_identifiers("numbers", n)
@@ -266,6 +278,16 @@ def test_bare_letters_are_not_english_words(text, expected):
     ("[١٠] > [٢]", [9, 1]),    # decimal digits of any script are still numbers
 ])
 def test_only_decimal_digits_are_numbers(text, expected):
+    assert parse_ranking(text, NUM) == expected
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("Ranking of 3 passages: 2 > 1 > 3", [1, 0, 2]),  # was [2, 1, 0, 2]: the count read as the first id
+    ("I think 3 > 1 > 2", [2, 0, 1]),
+    ("Passage 3 > Passage 1", [2, 0]),               # no chain of bare numbers: every digit run (RankGPT)
+    ("2, 1, 3", [1, 0, 2]),
+])
+def test_bare_numbers_prefer_a_chain(text, expected):
     assert parse_ranking(text, NUM) == expected
 
 

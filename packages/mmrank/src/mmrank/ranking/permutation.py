@@ -223,41 +223,45 @@ _BARE_TOKEN = re.compile(r"[^\s>\[\],;.()]+|>")
 _ARROW = re.compile(r"[-=]+>")
 
 
-def _bare_words(text: str, index: dict[str, int], exact: set[str]) -> list[str]:
-    """Identifiers written without brackets (non-numeric identifiers). Chains ``B > A > C`` (or ``B -> A``)
-    are read in any case; outside a chain only a word written exactly as an identifier counts, so that the
-    English words "a" and "I" in "Here is a ranking: B > C > A" are not read as identifiers ``A`` and ``I``."""
-    tokens = _BARE_TOKEN.findall(_ARROW.sub(">", text))
+def _chains(tokens: list[str], known: Callable[[str], bool]) -> list[str]:
+    """The words of every run ``w > w > …`` (two or more) of ``known`` words, in order."""
     chained: list[str] = []
     run: list[str] = []  # the chain being read; it ends with the last word seen, or is empty
     for k, tok in enumerate(tokens):
         if tok == ">":
             continue
-        known = tok.upper() in index
-        if known and run and tokens[k - 1] == ">" and tokens[k - 2] != ">":  # "<last word> > <tok>"
+        if known(tok) and run and tokens[k - 1] == ">" and tokens[k - 2] != ">":  # "<last word> > <tok>"
             run.append(tok)
             continue
         if len(run) >= 2:
             chained.extend(run)
-        run = [tok] if known else []
+        run = [tok] if known(tok) else []
     if len(run) >= 2:
         chained.extend(run)
-    return chained or [w for w in tokens if w in exact]
+    return chained
+
+
+def _bare_words(text: str, index: dict[str, int], exact: set[str], numeric: bool) -> list[str]:
+    """Identifiers written without brackets. Chains ``B > A > C`` (or ``b -> a``, ``2 > 1 > 3``) are read
+    first, letters in any case. Without a chain, numeric identifiers take every run of digits (RankGPT keeps
+    only the digits) and others only words written exactly as an identifier — so neither the "3" of "Ranking
+    of 3 passages: 2 > 1 > 3" nor the words "a" and "I" in "Here is a ranking: B > C > A" are identifiers."""
+    tokens = _BARE_TOKEN.findall(_ARROW.sub(">", text))
+    if numeric:
+        return _chains(tokens, str.isdecimal) or re.findall(r"\d+", text)
+    return _chains(tokens, lambda w: w.upper() in index) or [w for w in tokens if w in exact]
 
 
 def _candidate_tokens(text: str, index: dict[str, int], numeric: bool, exact: set[str]) -> list[str]:
-    """The identifier-like tokens of an answer, in order: bracketed ones if any is usable, else bare digit runs
-    (numeric identifiers) or bare identifiers (:func:`_bare_words`); then an identifier cut open at the very
-    end ("... > [2") if it is unambiguous."""
+    """The identifier-like tokens of an answer, in order: bracketed ones if any is usable, else bare ones
+    (:func:`_bare_words`); then an identifier cut open at the very end ("... > [2") if it is unambiguous."""
     cut = _TRAILING_OPEN.search(text)
     body = text[:cut.start()] if cut else text
     found = [m.group(1) for m in _BRACKETED.finditer(body)]
     if any(f.upper() in index or (numeric and _to_int(f) is not None) for f in found):
         tokens = found
-    elif numeric:
-        tokens = re.findall(r"\d+", body)
     else:
-        tokens = _bare_words(body, index, exact)
+        tokens = _bare_words(body, index, exact, numeric)
     tail = _cut_tail(cut.group(1), tokens, index) if cut else None
     return tokens if tail is None else [*tokens, tail]
 
@@ -285,11 +289,11 @@ def parse_ranking(text: str, identifiers: Sequence[str]) -> list[int]:
     identifier is the reasoning's last line that does used (an output cut while thinking). Identifiers in
     brackets (``[2] > [1]``) are read first; an answer cut inside its last identifier (``[3] > [2``) keeps
     it when it is unambiguous (``[3] > [1`` with 12 identifiers may be cut from ``[10]``: not guessed). If the
-    answer has no bracketed identifier, bare identifiers are accepted: any run of decimal digits for numeric
-    identifiers (as RankGPT keeps only the digits), otherwise identifiers chained by ``>`` in any case
-    (``B > A > C``, ``b -> a``), or, without a chain, words written exactly as an identifier (so "a" and "I"
-    in "Here is a ranking: B > C > A" are words, not identifiers). Unknown identifiers map to ``-1`` so that
-    repair can ignore them."""
+    answer has no bracketed identifier, bare identifiers are accepted: identifiers chained by ``>`` first
+    (``2 > 1 > 3``, ``B > A > C`` or ``b -> a``), else any run of decimal digits for numeric identifiers (as
+    RankGPT keeps only the digits) and words written exactly as an identifier for others (so the "3" of
+    "Ranking of 3 passages: 2 > 1 > 3" and the "a" of "Here is a ranking: B > C > A" are not identifiers).
+    Unknown identifiers map to ``-1`` so that repair can ignore them."""
     if not isinstance(text, str) or not identifiers:
         return []
     text = _normalise(text)
