@@ -286,6 +286,8 @@ def test_only_decimal_digits_are_numbers(text, expected):
     ("I think 3 > 1 > 2", [2, 0, 1]),
     ("Passage 3 > Passage 1", [2, 0]),               # no chain of bare numbers: every digit run (RankGPT)
     ("2, 1, 3", [1, 0, 2]),
+    ("3>1,2", [2, 0, 1]),                            # commas inside a ">" chain are part of it
+    ("3>2,4,1", [2, 1, 3, 0]),
 ])
 def test_bare_numbers_prefer_a_chain(text, expected):
     assert parse_ranking(text, NUM) == expected

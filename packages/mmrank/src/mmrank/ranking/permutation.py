@@ -219,25 +219,32 @@ def _cut_tail(token: str, found: list[str], index: dict[str, int]) -> str | None
     return token if key in index and not longer else None
 
 
-_BARE_TOKEN = re.compile(r"[^\s>\[\],;.()]+|>")
+_BARE_TOKEN = re.compile(r"[^\s>\[\],;.()]+|[>,]")
+_JOINERS = (">", ",")
 _ARROW = re.compile(r"[-=]+>")
 
 
 def _chains(tokens: list[str], known: Callable[[str], bool]) -> list[str]:
-    """The words of every run ``w > w > …`` (two or more) of ``known`` words, in order."""
+    """The words of every run of ``known`` words joined by ``>`` (and ``,``, with at least one ``>``:
+    ``3 > 1, 2``), in order."""
     chained: list[str] = []
     run: list[str] = []  # the chain being read; it ends with the last word seen, or is empty
-    for k, tok in enumerate(tokens):
-        if tok == ">":
-            continue
-        if known(tok) and run and tokens[k - 1] == ">" and tokens[k - 2] != ">":  # "<last word> > <tok>"
-            run.append(tok)
-            continue
-        if len(run) >= 2:
+    ranked = False  # whether the run has a ">"
+
+    def flush() -> None:
+        if len(run) >= 2 and ranked:
             chained.extend(run)
-        run = [tok] if known(tok) else []
-    if len(run) >= 2:
-        chained.extend(run)
+
+    for k, tok in enumerate(tokens):
+        if tok in _JOINERS:
+            continue
+        if known(tok) and run and tokens[k - 1] in _JOINERS and tokens[k - 2] not in _JOINERS:
+            run.append(tok)  # "<last word> > <tok>" or "<last word>, <tok>"
+            ranked = ranked or tokens[k - 1] == ">"
+            continue
+        flush()
+        run, ranked = ([tok] if known(tok) else []), False
+    flush()
     return chained
 
 
@@ -249,7 +256,7 @@ def _bare_words(text: str, index: dict[str, int], exact: set[str], numeric: bool
     tokens = _BARE_TOKEN.findall(_ARROW.sub(">", text))
     if numeric:
         return _chains(tokens, str.isdecimal) or re.findall(r"\d+", text)
-    return _chains(tokens, lambda w: w.upper() in index) or [w for w in tokens if w in exact]
+    return _chains(tokens, lambda w: w.upper() in index) or [w for w in tokens if w in exact and w != ","]
 
 
 def _candidate_tokens(text: str, index: dict[str, int], numeric: bool, exact: set[str]) -> list[str]:
