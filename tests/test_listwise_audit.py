@@ -286,3 +286,12 @@ def test_text_stop_stops_each_row_of_a_left_padded_batch_at_its_own_answer(kv_ca
                        logits_processor=LogitsProcessorList([ForceTokens(forced)]))
     assert out == answers
     assert stop.steps == [len(vlm.token_ids(a)) for a in answers]
+
+
+def test_first_token_plan_is_kept_per_opener():
+    """``first_token_plan(n, opener)`` cached by ``n`` alone returned the "[" plan when asked for "(" later."""
+    r = _scorer(tiny_model_dir("lm", "qwen2_vl"), mode="single_pass", window_size=5, step=2)
+    tok, _ = _raw(tiny_model_dir("lm", "qwen2_vl"))
+    assert r.first_token_plan(3).opener_ids == (tok.convert_tokens_to_ids("["),)
+    assert r.first_token_plan(3, opener="(").opener_ids == (tok.convert_tokens_to_ids("("),)
+    assert r.first_token_plan(3).opener_ids == (tok.convert_tokens_to_ids("["),)
