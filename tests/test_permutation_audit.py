@@ -234,8 +234,8 @@ GARBAGE = st.one_of(
 )
 
 
-@settings(max_examples=300, deadline=None)
-@given(n=st.integers(0, 120), window=st.integers(1, 30), data=st.data(),
+@settings(max_examples=100, deadline=None)
+@given(n=st.integers(0, 80), window=st.integers(1, 30), data=st.data(),
        kind=st.sampled_from(["numbers", "letters"]))
 def test_any_answers_along_a_walk_keep_every_document_once(n, window, data, kind):
     """A whole walk where every window's "model answer" is arbitrary text: the final ranking holds every
