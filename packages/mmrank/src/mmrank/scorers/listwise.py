@@ -164,7 +164,7 @@ class ListwiseReranker(VLMImageCheck, Reranker):
                                max_pixels=max_pixels, what="listwise scorer")
         self.model_name = self.vlm.model_name
         self.last_responses: list[str] = []
-        self._plans: dict[int, FirstTokenPlan] = {}
+        self._plans: dict[tuple[int, str], FirstTokenPlan] = {}
         if mode == "single_pass":
             self.first_token_plan(window_size)  # refuse at construction, not at the first query
 
@@ -179,10 +179,10 @@ class ListwiseReranker(VLMImageCheck, Reranker):
             n: window size (the first ``n`` identifiers are checked).
             opener: the forced start of the answer.
         """
-        if n not in self._plans:
-            self._plans[n] = first_token_plan(self.vlm.token_ids, self.vlm.tokens,
-                                              make_identifiers(self.identifiers, n), self.model_name, opener)
-        return self._plans[n]
+        if (n, opener) not in self._plans:  # keyed by the opener too: a plan for "(" is not the one for "["
+            self._plans[n, opener] = first_token_plan(self.vlm.token_ids, self.vlm.tokens,
+                                                      make_identifiers(self.identifiers, n), self.model_name, opener)
+        return self._plans[n, opener]
 
     # ------------------------------------------------------------------ prompts
     def _template(self, query: Query, documents: Sequence[Document]) -> ListwisePrompt:

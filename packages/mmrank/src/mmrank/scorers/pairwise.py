@@ -29,7 +29,8 @@ only; a text-only document gets an error naming it (ranked last, as any unreadab
 the merged folder.)
 
 Pairs are scored in batches (``batch_size``), left padded, sorted by length to waste less padding; only
-the last position's logits are computed.
+the last position's logits are computed. A pair that occurs twice in one call (the same text, the same image
+object) is scored once, so equal documents get equal scores and keep their input order.
 """
 
 from __future__ import annotations
@@ -157,7 +158,13 @@ class PairwiseReranker(VLMImageCheck, PointwiseReranker):
     def _score_documents(self, query: Query, documents: list[Document]) -> list[float]:
         convs = [self.conversation(query, d) for d in documents]
         prompts = [self.vlm.render(c) for c in convs]
-        order = list(range(len(documents)))
+        # A pair seen before in this call (same prompt, same image objects: a document passed twice) is scored
+        # once and shares its score: left padding in differently composed batches would otherwise give
+        # equal documents scores a few ulps apart, and their order would not be input order.
+        first: dict[tuple[str, tuple[int, ...]], int] = {}
+        same = [first.setdefault((p, tuple(id(im) for im in c.images)), i)
+                for i, (p, c) in enumerate(zip(prompts, convs, strict=True))]
+        order = [i for i in range(len(documents)) if same[i] == i]
         if self.sort_by_length:
             lengths = [len(p) + sum(im.width * im.height for im in c.images) // 784 for p, c in zip(prompts, convs, strict=True)]
             order.sort(key=lambda i: -lengths[i])
@@ -172,7 +179,7 @@ class PairwiseReranker(VLMImageCheck, PointwiseReranker):
             logits = self.vlm.last_logits(inputs)[:, -1, :]
             for j, p in zip(batch, yes_probability(logits, self.yes_id, self.no_id).tolist(), strict=True):
                 scores[j] = float(p)
-        return scores
+        return [scores[same[i]] for i in range(len(documents))]
 
     def close(self) -> None:
         self.vlm.close()

@@ -278,6 +278,8 @@ def listwise_conversation(query: Query, documents: Sequence[Document], template:
     identifiers it uses. User text is cut to ``max_words`` words, ``[n]`` patterns are rewritten, then
     ``clean`` is applied."""
     n = len(documents)
+    if n == 0:
+        raise InputError("a listwise window needs at least one document")
     ids = make_identifiers(identifiers, n)
 
     def text_of(t: str) -> str:
@@ -475,12 +477,13 @@ def first_token_plan(token_ids: Callable[[str], list[int]], tokens: Callable[[Se
             kinds.append("merged")
         else:
             shown = tokens(t[len(opener_ids):] if t[:len(opener_ids)] == opener_ids else t)
+            fits = (f"window_size={len(found)} or less (identifiers {identifiers[0]!r}..{identifiers[len(found) - 1]!r} "
+                    f"are single tokens)" if len(found) >= 2 else "a window_size whose identifiers are single tokens")
             raise IdentifierTokenError(
                 f"single-pass listwise ranking needs every identifier to be exactly one token, but in the "
                 f"tokenizer of {model_name} the identifier {x!r} (written {opener + x!r}) is "
                 f"{len(shown)} tokens {shown}. Use identifiers='letters' (A..Z, one token each in Qwen "
-                f"tokenizers; at most 26 per window), a window_size whose identifiers are single tokens, "
-                f"or mode='generate'.")
+                f"tokenizers; at most 26 per window), {fits}, or mode='generate'.")
     if len(set(found)) != len(found):
         raise IdentifierTokenError(f"identifiers {list(identifiers)} do not map to distinct tokens in "
                                    f"{model_name}'s tokenizer; choose other identifiers")
