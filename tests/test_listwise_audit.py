@@ -148,16 +148,21 @@ def test_single_pass_ties_keep_the_windows_current_order(variants):
         assert [i for i in first if i in (0, 1, 3)] == [0, 1, 3]
 
 
-@pytest.mark.xfail(strict=True, reason="scorers/chat.py (owned by http): ChatReranker(mode='single_pass', "
-                   "identifiers='numbers', window_size=12) is accepted; '1' is a prefix of '10'..'12' so the first "
-                   "answer token cannot tell them apart on tokenizers that split digits (all Qwen-VL)")
-def test_chat_single_pass_refuses_prefix_identifiers_xfail():
+def test_chat_single_pass_refuses_prefix_identifiers():
     """The local scorer refuses numbers beyond 9 in single pass on a Qwen tokenizer (digits are split, so
     "[1" begins both [1] and [10]); ChatReranker cannot see the tokenizer and reads ``top_logprobs`` by token
     text, so it should refuse identifiers of which one is a prefix of another."""
-    with pytest.raises(InputError):
+    with pytest.raises(InputError, match=r"'1' and '10' begin with the same character.*window_size <= 9"):
         ChatReranker("http://127.0.0.1:9/v1", "qwen-vl", method="listwise", mode="single_pass",
                      identifiers="numbers", window_size=12, step=6)
+    with pytest.raises(InputError, match="'a' and 'A'|'ab' and 'ac'"):
+        ChatReranker("http://127.0.0.1:9/v1", "qwen-vl", method="listwise", mode="single_pass",
+                     identifiers=["ab", "ac", "b"], window_size=3, step=1)
+    # what works: numbers up to 9, letters up to 26, and generate mode with any numbers
+    ChatReranker("http://127.0.0.1:9/v1", "qwen-vl", method="listwise", mode="single_pass",
+                 identifiers="numbers", window_size=9, step=4)
+    ChatReranker("http://127.0.0.1:9/v1", "qwen-vl", method="listwise", mode="single_pass", window_size=26, step=13)
+    ChatReranker("http://127.0.0.1:9/v1", "qwen-vl", method="listwise", mode="generate", window_size=20, step=10)
 
 
 # ---------------------------------------------------------------- images interleaved in a window

@@ -117,6 +117,22 @@ logger = logging.getLogger("mmrank")
 
 Method = Literal["listwise", "pairwise"]
 Mode = Literal["generate", "single_pass"]
+
+
+def _check_first_characters(ids: Sequence[str], window_size: int) -> None:
+    """Single pass reads each identifier's probability from the first answer token, by its text; the engine's
+    tokenizer is not known here, and tokenizers that split digits (every Qwen-VL) begin ``1`` and ``10`` with
+    the same token — so identifiers must begin with distinct characters."""
+    seen: dict[str, str] = {}
+    for ident in ids:
+        first = ident[:1].casefold()
+        if first in seen:
+            raise InputError(
+                f"single pass reads the first token of each identifier, and {seen[first]!r} and {ident!r} begin "
+                f"with the same character, so the engine's answer cannot tell them apart; with window_size="
+                f"{window_size} use identifiers='letters' (the single-pass default, up to 26), or numbers with "
+                "window_size <= 9")
+        seen[first] = ident
 Prefill = Literal["auto", "continue", "none"]
 METHODS = ("listwise", "pairwise")
 API_KEY_ENV = "MMRANK_CHAT_API_KEY"
@@ -321,7 +337,8 @@ class ChatReranker(Reranker):
         window_size: candidates per listwise window (RankGPT default 20), as for the local scorer.
         step: how far the window moves towards the front (default 10).
         identifiers: ``"auto"`` (numbers for generate, letters for single pass), ``"numbers"``,
-            ``"letters"`` or a list of strings.
+            ``"letters"`` or a list of strings. Single pass needs identifiers that begin with distinct
+            characters (the engine's tokenizer is unknown here): numbers allow windows of at most 9.
         prompt: ``"auto"``, ``"text"``, ``"multimodal"`` or a :class:`ListwisePrompt`.
         max_passage_words: listwise passages are cut to this many words (``None``: whole).
         max_new_tokens: generation budget per window (default: the length of a full ranking in characters
@@ -387,6 +404,8 @@ class ChatReranker(Reranker):
             identifiers = "letters" if mode == "single_pass" else "numbers"
         self.identifiers = list(identifiers) if not isinstance(identifiers, str) else identifiers
         self.identifier_list = make_identifiers(self.identifiers, window_size)  # validates the count
+        if method == "listwise" and mode == "single_pass":
+            _check_first_characters(self.identifier_list, window_size)
         self.window_size = window_size
         self.step = step
         self.prompt = prompt
