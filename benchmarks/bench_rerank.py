@@ -154,7 +154,7 @@ def workload_flops(ranker: JinaRerankerM0, workload: Workload, query: str) -> di
             d.load_image(ranker.image_policy)
     from mmrank.inputs.documents import Query
 
-    items = ranker._plan(Query(text=query), docs)
+    items = [it for it in ranker._plan(Query(text=query), docs) if it is not None]
     cfg = ranker.model.config
     vis = sum(vision_flops(cfg.vision_config, r.grid[0] * r.grid[1] * r.grid[2]) for it in items for r in it.images)
     lm = sum(lm_flops(cfg.text_config, len(it.ids)) for it in items)
