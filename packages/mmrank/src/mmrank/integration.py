@@ -9,21 +9,37 @@ to its framework (its document types, its events, its serialization).
 - the metadata keys the adapters write (:data:`SCORE_KEY`, :data:`RETRIEVAL_SCORE_KEY`, :data:`ERROR_KEY`)
   and the environment variable of the remote API key (:data:`API_KEY_ENV`);
 - :func:`data_uri` / :func:`path_or_url`: the image-source shapes frameworks store (base64 with a MIME type,
-  path strings) turned into what :func:`mmrank.load_image` reads.
+  path strings) turned into what :func:`mmrank.load_image` reads; :func:`image_source_problem` says why a
+  value a framework document holds cannot be an image source at all;
+- :func:`check_top_n` / :func:`check_threshold`: the adapters' ``top_n`` / ``top_k`` and ``score_threshold``
+  rules, checked at construction and again at each call (attributes can be assigned in between);
+- :func:`document_error` / :func:`rank` / :func:`arank`: ranking where the adapter already knows that some
+  framework documents cannot be translated (they are reported like unreadable images, never dropped);
+- :func:`kwargs_to_data` / :func:`kwargs_from_data`: ``reranker_kwargs`` to and from plain data (an
+  :class:`~mmrank.ImagePolicy` becomes a dict of its fields), so adapters serialize and load them.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .scorers.base import Reranker
+from PIL import Image
+
+from .errors import ImageLoadError, InputError
+from .inputs.documents import Document
+from .inputs.images import ImagePolicy
+from .scorers.base import RankedDocument, Reranker, check_score_threshold
 from .scorers.factory import BATCH_MODES, DEVICE_MODES, HTTP_MODES, MODES, Mode, check_settings, load_reranker
 
 __all__ = [
     "API_KEY_ENV", "BATCH_MODES", "DEVICE_MODES", "ERROR_KEY", "HTTP_MODES", "MODES", "Mode", "RETRIEVAL_SCORE_KEY",
-    "SCORE_KEY", "build_reranker", "check_settings", "check_shared_reranker", "data_uri", "path_or_url",
-    "scorer_kwargs",
+    "SCORE_KEY", "arank", "build_reranker", "check_settings", "check_shared_reranker", "check_threshold",
+    "check_top_n", "data_uri", "document_error", "image_source_problem", "kwargs_from_data", "kwargs_to_data",
+    "path_or_url", "rank", "scorer_kwargs",
 ]
 
 #: Environment variable the adapters read the remote server's API key from (``mode="remote"``).
@@ -61,9 +77,11 @@ def scorer_kwargs(mode: Mode, *, device: Any = None, batch_size: int | None = No
                   reranker_kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
     """The keyword arguments of :func:`mmrank.load_reranker` for an adapter's settings: those given (not
     ``None``), each checked against ``mode`` (``InputError``, a ``ValueError``, when the mode would not use
-    it), then ``reranker_kwargs`` (which win). ``token`` (the hub token) applies to the local modes only."""
+    it), then ``reranker_kwargs`` (which win; an ``image_policy`` given as a dict of its fields, as
+    :func:`kwargs_to_data` writes it, becomes an :class:`~mmrank.ImagePolicy`). ``token`` (the hub token)
+    applies to the local modes only."""
     given = check_settings(mode, device=device, batch_size=batch_size, url=url, api_key=api_key, token=token)
-    return given | dict(reranker_kwargs or {})
+    return given | kwargs_from_data(reranker_kwargs)
 
 
 def build_reranker(mode: Mode, model: str | None = None, **settings: Any) -> Reranker:
@@ -86,3 +104,94 @@ def path_or_url(value: Any) -> Any:
     if isinstance(value, str) and not value.lower().startswith(_URL_PREFIXES):
         return Path(value)
     return value
+
+
+def image_source_problem(value: Any) -> str | None:
+    """Why ``value`` cannot be an image source whatever it holds (its type is none that
+    :func:`mmrank.load_image` reads: PIL image, bytes, str, path), or ``None``. Adapters turn it into that
+    document's error (:func:`document_error`) instead of failing the whole call."""
+    if isinstance(value, Image.Image | bytes | bytearray | memoryview | str | os.PathLike):
+        return None
+    return (f"{type(value).__name__} is not an image source (use a path, an http(s)/file/data: URL, base64 "
+            "text, encoded bytes or a PIL image)")
+
+
+def check_top_n(value: Any, name: str = "top_n") -> int | None:
+    """``value`` if it is a positive ``int`` or ``None`` (the adapters' ``top_n`` / ``top_k``); ``InputError``
+    (a ``ValueError``) naming ``name`` otherwise — ``0``, negatives, ``bool``, floats and strings included."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise InputError(f"{name} must be a positive integer or None, got {value!r}")
+    return value
+
+
+def check_threshold(value: Any, name: str = "score_threshold") -> float | None:
+    """``value`` if it is a number (not NaN, not ``bool``) or ``None``; ``InputError`` naming ``name``."""
+    try:
+        return check_score_threshold(value)
+    except InputError:
+        raise InputError(f"{name} must be a number or None, got {value!r}") from None
+
+
+def document_error(index: int, doc_id: str | None, reason: str) -> ImageLoadError:
+    """The error of a framework document whose image source cannot even be handed to mmrank (e.g. metadata
+    naming an image with an ``int``): reported like an unreadable image, naming the document."""
+    return ImageLoadError(reason, document_index=index, document_id=doc_id)
+
+
+def _refused(refused: Sequence[ImageLoadError | None] | None) -> list[ImageLoadError | None] | None:
+    return list(refused) if refused is not None and any(e is not None for e in refused) else None
+
+
+def rank(reranker: Reranker, query: Any, documents: list[Document],
+         refused: Sequence[ImageLoadError | None] | None = None, **options: Any) -> list[RankedDocument]:
+    """:meth:`Reranker.rank` where the adapter already refused some documents (``refused``: one error or
+    ``None`` per document). Refused documents are ranked last with their error under ``on_error="last"``;
+    under ``"raise"`` the first error is raised. ``options``: ``top_n``, ``score_threshold``, ``on_error``."""
+    known = _refused(refused)
+    if known is None:
+        return reranker.rank(query, documents, **options)
+    call = reranker.prepare(query, documents, refused=known, **options)
+    return reranker.finish(call, reranker.rank_documents(call.query, call.readable_documents))
+
+
+async def arank(reranker: Reranker, query: Any, documents: list[Document],
+                refused: Sequence[ImageLoadError | None] | None = None, **options: Any) -> list[RankedDocument]:
+    """Async :func:`rank` (the model runs off the event loop, as :meth:`Reranker.arank`)."""
+    known = _refused(refused)
+    if known is None:
+        return await reranker.arank(query, documents, **options)
+    call = await reranker.aprepare(query, documents, refused=known, **options)
+    return reranker.finish(call, await reranker.arank_documents(call.query, call.readable_documents))
+
+
+#: The ``reranker_kwargs`` entry that holds an :class:`~mmrank.ImagePolicy` (serialized as a dict).
+_POLICY_KEY = "image_policy"
+
+
+def kwargs_to_data(kwargs: dict[str, Any] | None) -> dict[str, Any]:
+    """``reranker_kwargs`` as plain data: an ``image_policy`` :class:`~mmrank.ImagePolicy` becomes a dict of
+    its fields (``schemes`` a sorted list), so JSON / YAML serializers take it; the rest is unchanged."""
+    out = dict(kwargs or {})
+    policy = out.get(_POLICY_KEY)
+    if isinstance(policy, ImagePolicy):
+        data = dataclasses.asdict(policy)
+        data["schemes"] = sorted(policy.schemes)
+        if data.get("root_path") is not None:
+            data["root_path"] = str(data["root_path"])
+        out[_POLICY_KEY] = data
+    return out
+
+
+def kwargs_from_data(kwargs: dict[str, Any] | None) -> dict[str, Any]:
+    """Inverse of :func:`kwargs_to_data`: an ``image_policy`` dict becomes an :class:`~mmrank.ImagePolicy`
+    (``InputError`` naming the field when it is not one); the rest is unchanged."""
+    out = dict(kwargs or {})
+    policy = out.get(_POLICY_KEY)
+    if isinstance(policy, dict):
+        fields = {f.name for f in dataclasses.fields(ImagePolicy)}
+        unknown = sorted(set(policy) - fields)
+        if unknown:
+            raise InputError(f"reranker_kwargs['image_policy'] has unknown field(s) {unknown}; "
+                             f"ImagePolicy takes {sorted(fields)}")
+        out[_POLICY_KEY] = ImagePolicy(**policy)
+    return out
