@@ -8,6 +8,7 @@ along as ``payload``), mmrank ranks, and copies of the documents come back with
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -22,12 +23,20 @@ from mmrank.integration import (
     RETRIEVAL_SCORE_KEY,
     SCORE_KEY,
     Mode,
+    arank,
     build_reranker,
     check_shared_reranker,
+    check_threshold,
+    check_top_n,
     data_uri,
+    document_error,
+    image_source_problem,
+    kwargs_from_data,
+    kwargs_to_data,
     path_or_url,
+    rank,
 )
-from pydantic import ConfigDict, Field, PrivateAttr, SecretStr, field_validator
+from pydantic import ConfigDict, Field, PrivateAttr, SecretStr, field_serializer, field_validator
 
 __all__ = ["API_KEY_ENV", "ERROR_KEY", "IMAGE_KEYS", "RETRIEVAL_SCORE_KEY", "SCORE_KEY", "MMRankRerank",
            "document_image"]
@@ -54,15 +63,48 @@ def document_image(doc: Document) -> Any:
         What mmrank will read as the document's image (a path, URL, ``data:`` URI, bytes or PIL image), or
         ``None`` when the metadata names none.
     """
+    entry = _image_entry(doc)
+    if entry is None:
+        return None
+    key, value = entry
+    if key == "image_base64":
+        mime = (doc.metadata or {}).get("mime_type")
+        return data_uri(value, mime if isinstance(mime, str) else None)
+    return path_or_url(value) if key == "image_path" else value
+
+
+def _image_entry(doc: Document) -> tuple[str, Any] | None:
+    """The first of :data:`IMAGE_KEYS` present in the metadata with a non-empty value, and that value."""
     meta = doc.metadata or {}
     for key in IMAGE_KEYS:
         value = meta.get(key)
         if value is None or (isinstance(value, str | bytes) and len(value) == 0):
             continue
-        if key == "image_base64":
-            return data_uri(value, meta.get("mime_type"))
-        return path_or_url(value) if key == "image_path" else value
+        return key, value
     return None
+
+
+def _image_problem(doc: Document) -> str | None:
+    """Why the image a document's metadata names cannot be handed to mmrank at all, or None."""
+    entry = _image_entry(doc)
+    if entry is None:
+        return None
+    key, value = entry
+    if key == "image":
+        problem = image_source_problem(value)
+    elif not isinstance(value, _KEY_TYPES[key][0]):
+        problem = f"{type(value).__name__} is not {_KEY_TYPES[key][1]}"
+    else:
+        problem = None
+    return f"metadata[{key!r}]: {problem}" if problem else None
+
+
+#: What each specific image key must hold (``image`` takes anything mmrank reads).
+_KEY_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
+    "image_base64": ((str, bytes), "base64 text"),
+    "image_path": ((str, os.PathLike), "a path"),
+    "image_url": ((str,), "a URL string"),
+}
 
 
 class MMRankRerank(BaseDocumentCompressor):
@@ -109,12 +151,32 @@ class MMRankRerank(BaseDocumentCompressor):
 
     _scorer: mmrank.Reranker | None = PrivateAttr(default=None)
 
+    @field_validator("top_n", "score_threshold", mode="before")
+    @classmethod
+    def _no_bool(cls, v: Any, info: Any) -> Any:
+        # pydantic would take True for 1; the other lax conversions ("3", 3.0) are pydantic's convention.
+        if isinstance(v, bool):
+            raise ValueError(f"{info.field_name} must be a number or None, got {v!r}")
+        return v
+
     @field_validator("top_n")
     @classmethod
     def _check_top_n(cls, v: int | None) -> int | None:
-        if v is not None and v < 1:
-            raise ValueError(f"top_n must be a positive integer or None, got {v!r}")
-        return v
+        return check_top_n(v)
+
+    @field_validator("score_threshold")
+    @classmethod
+    def _check_threshold(cls, v: float | None) -> float | None:
+        return check_threshold(v)
+
+    @field_validator("reranker_kwargs", mode="before")
+    @classmethod
+    def _load_kwargs(cls, v: Any) -> Any:
+        return kwargs_from_data(v) if isinstance(v, dict) else v
+
+    @field_serializer("reranker_kwargs")
+    def _dump_kwargs(self, v: dict[str, Any]) -> dict[str, Any]:
+        return kwargs_to_data(v)
 
     def model_post_init(self, context: Any, /) -> None:
         shared = check_shared_reranker(self.reranker, "MMRankRerank", device=self.device, batch_size=self.batch_size,
@@ -137,14 +199,26 @@ class MMRankRerank(BaseDocumentCompressor):
 
     # ------------------------------------------------------------------ translation
     @staticmethod
-    def _documents(documents: Sequence[Document]) -> list[mmrank.Document]:
-        return [
-            mmrank.Document(text=d.page_content or None, image=document_image(d), id=d.id, payload=d)
-            for d in documents
-        ]
+    def _documents(documents: Sequence[Document]) -> tuple[list[mmrank.Document], list[mmrank.ImageLoadError | None]]:
+        """The core's documents, and one error (or None) per document whose metadata names an image that
+        cannot even be handed to mmrank (it is then ranked last, or raised, like an unreadable image)."""
+        docs, refused = [], []
+        for i, d in enumerate(documents):
+            if not isinstance(d, Document):
+                raise TypeError(f"documents[{i}] is a {type(d).__name__}, not a langchain_core Document")
+            problem = _image_problem(d)
+            image = None if problem else document_image(d)
+            # Empty page_content is no text when there is an image (an image document); without one it is
+            # an empty text, scored as LangChain's own rerankers score it.
+            text = d.page_content if d.page_content or image is None else None
+            refused.append(document_error(i, d.id, problem) if problem else None)
+            docs.append(mmrank.Document(text=None if problem else text, image=image, id=d.id, payload=d))
+        return docs, refused
 
     def _rank_options(self) -> dict[str, Any]:
-        return {"top_n": self.top_n, "score_threshold": self.score_threshold, "on_error": self.on_error}
+        # Checked again here: pydantic does not validate attributes assigned after construction.
+        return {"top_n": check_top_n(self.top_n), "score_threshold": check_threshold(self.score_threshold),
+                "on_error": self.on_error}
 
     def _results(self, ranked: list[mmrank.RankedDocument]) -> list[Document]:
         out = []
@@ -158,6 +232,8 @@ class MMRankRerank(BaseDocumentCompressor):
             meta[SCORE_KEY] = r.score
             if r.error is not None:
                 meta[ERROR_KEY] = r.error
+            else:  # an error from an earlier reranking stage no longer holds
+                meta.pop(ERROR_KEY, None)
             out.append(doc.model_copy(update={"metadata": meta}))  # keeps id, page_content, type
         return out
 
@@ -179,10 +255,11 @@ class MMRankRerank(BaseDocumentCompressor):
         Returns:
             Copies of the documents (ids kept) with ``metadata["relevance_score"]``, best first.
         """
+        options = self._rank_options()
         if not documents:
             return []
-        ranked = self.scorer.rank(query, self._documents(documents), **self._rank_options())
-        return self._results(ranked)
+        docs, refused = self._documents(documents)
+        return self._results(rank(self.scorer, query, docs, refused, **options))
 
     async def acompress_documents(
         self,
@@ -200,7 +277,8 @@ class MMRankRerank(BaseDocumentCompressor):
         Returns:
             Copies of the documents with ``metadata["relevance_score"]``, best first.
         """
+        options = self._rank_options()
         if not documents:
             return []
-        ranked = await self.scorer.arank(query, self._documents(documents), **self._rank_options())
-        return self._results(ranked)
+        docs, refused = self._documents(documents)
+        return self._results(await arank(self.scorer, query, docs, refused, **options))
