@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import mmrank
-from llama_index.core.bridge.pydantic import Field, PrivateAttr, SecretStr
+from llama_index.core.bridge.pydantic import Field, PrivateAttr, SecretStr, field_serializer, field_validator
 from llama_index.core.callbacks import CBEventType, EventPayload
 from llama_index.core.instrumentation import get_dispatcher
 from llama_index.core.instrumentation.events.rerank import ReRankEndEvent, ReRankStartEvent
@@ -24,10 +24,16 @@ from mmrank.integration import (
     HTTP_MODES,
     RETRIEVAL_SCORE_KEY,
     Mode,
+    arank,
     build_reranker,
     check_shared_reranker,
+    check_threshold,
+    check_top_n,
     data_uri,
+    kwargs_from_data,
+    kwargs_to_data,
     path_or_url,
+    rank,
 )
 
 __all__ = ["API_KEY_ENV", "ERROR_KEY", "RETRIEVAL_SCORE_KEY", "MMRankRerank", "node_image"]
@@ -113,6 +119,34 @@ class MMRankRerank(BaseNodePostprocessor):
 
     _reranker: mmrank.Reranker | None = PrivateAttr(default=None)
 
+    @field_validator("top_n", "score_threshold", mode="before")
+    @classmethod
+    def _no_bool(cls, v: Any, info: Any) -> Any:
+        # pydantic would take True for 1; its other lax conversions ("3", 3.0) are the framework's convention.
+        if isinstance(v, bool):
+            raise ValueError(f"{info.field_name} must be a number or None, got {v!r}")
+        return v
+
+    @field_validator("top_n")
+    @classmethod
+    def _check_top_n(cls, v: int | None) -> int | None:
+        return check_top_n(v)
+
+    @field_validator("score_threshold")
+    @classmethod
+    def _check_threshold(cls, v: float | None) -> float | None:
+        return check_threshold(v)
+
+    @field_validator("reranker_kwargs", mode="before")
+    @classmethod
+    def _load_kwargs(cls, v: Any) -> Any:
+        # from_dict / from_json hand back what to_dict wrote: an ImagePolicy as a dict of its fields.
+        return kwargs_from_data(v) if isinstance(v, dict) else v
+
+    @field_serializer("reranker_kwargs")
+    def _dump_kwargs(self, v: dict[str, Any]) -> dict[str, Any]:
+        return kwargs_to_data(v)
+
     def __init__(
         self,
         top_n: int | None = 5,
@@ -124,13 +158,11 @@ class MMRankRerank(BaseNodePostprocessor):
         keep_retrieval_score: bool = False,
         on_error: Literal["last", "raise"] = "last",
         url: str | None = None,
-        api_key: str | None = None,
+        api_key: str | SecretStr | None = None,
         reranker_kwargs: dict[str, Any] | None = None,
         reranker: mmrank.Reranker | None = None,
         **kwargs: Any,
     ) -> None:
-        if top_n is not None and (not isinstance(top_n, int) or top_n < 1):
-            raise ValueError(f"top_n must be a positive integer or None, got {top_n!r}")
         check_shared_reranker(reranker, "MMRankRerank", device=device, batch_size=batch_size,
                               reranker_kwargs=reranker_kwargs)
         if api_key is None and mode in HTTP_MODES:
@@ -145,7 +177,7 @@ class MMRankRerank(BaseNodePostprocessor):
             keep_retrieval_score=keep_retrieval_score,
             on_error=on_error,
             url=url,
-            api_key=SecretStr(api_key) if api_key else None,
+            api_key=SecretStr(api_key) if isinstance(api_key, str) and api_key else api_key or None,
             reranker_kwargs=dict(reranker_kwargs or {}),
             **kwargs,
         )
@@ -177,11 +209,13 @@ class MMRankRerank(BaseNodePostprocessor):
         docs = []
         for nws in nodes:
             node = nws.node
-            # A node's text counts only if it has some of its own; an image node whose text is empty
-            # must not be scored on its metadata string alone.
+            image = node_image(node)
+            # An image node's text counts only if it has some of its own: it must not be scored on its
+            # metadata string alone. A node without an image is scored on get_content(metadata_mode), even
+            # when that is empty, as LlamaIndex's own rerankers score it.
             own_text = node.get_content(metadata_mode=MetadataMode.NONE)
-            text = node.get_content(metadata_mode=self.metadata_mode) if own_text else None
-            docs.append(mmrank.Document(text=text, image=node_image(node), id=node.node_id, payload=nws))
+            text = node.get_content(metadata_mode=self.metadata_mode) if own_text or image is None else None
+            docs.append(mmrank.Document(text=text, image=image, id=node.node_id, payload=nws))
         return docs
 
     def _results(self, ranked: list[mmrank.RankedDocument]) -> list[NodeWithScore]:
@@ -194,15 +228,21 @@ class MMRankRerank(BaseNodePostprocessor):
                 updates[RETRIEVAL_SCORE_KEY] = nws.score
             if r.error is not None:
                 updates[ERROR_KEY] = r.error
-            if updates:
+            if updates or ERROR_KEY in node.metadata:  # an earlier stage's error no longer holds
                 node = _copy_with_metadata(node, updates)
             out.append(NodeWithScore(node=node, score=r.score))
         return out
 
     def _rank_options(self) -> dict[str, Any]:
-        return {"top_n": self.top_n, "score_threshold": self.score_threshold, "on_error": self.on_error}
+        # Checked again here: pydantic does not validate attributes assigned after construction.
+        return {"top_n": check_top_n(self.top_n), "score_threshold": check_threshold(self.score_threshold),
+                "on_error": self.on_error}
 
     def _start(self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None) -> None:
+        for i, nws in enumerate(nodes):
+            if not isinstance(nws, NodeWithScore):
+                raise TypeError(f"nodes[{i}] is a {type(nws).__name__}, not a NodeWithScore")
+        self._rank_options()
         dispatcher.event(
             ReRankStartEvent(
                 query=query_bundle,
@@ -234,7 +274,7 @@ class MMRankRerank(BaseNodePostprocessor):
             return []
         query, docs = self._query(query_bundle), self._documents(nodes)
         with self.callback_manager.event(CBEventType.RERANKING, payload=self._cb_payload(nodes, query_bundle)) as event:
-            ranked = self.reranker.rank(query, docs, **self._rank_options())
+            ranked = rank(self.reranker, query, docs, **self._rank_options())
             new_nodes = self._results(ranked)
             event.on_end(payload={EventPayload.NODES: new_nodes})
         dispatcher.event(ReRankEndEvent(nodes=new_nodes))
@@ -254,7 +294,7 @@ class MMRankRerank(BaseNodePostprocessor):
         query, docs = self._query(query_bundle), self._documents(nodes)
         with self.callback_manager.event(CBEventType.RERANKING, payload=self._cb_payload(nodes, query_bundle)) as event:
             # mmrank runs the model (and image reading) in a worker thread: the event loop stays free.
-            ranked = await self.reranker.arank(query, docs, **self._rank_options())
+            ranked = await arank(self.reranker, query, docs, **self._rank_options())
             new_nodes = self._results(ranked)
             event.on_end(payload={EventPayload.NODES: new_nodes})
         dispatcher.event(ReRankEndEvent(nodes=new_nodes))
@@ -289,9 +329,14 @@ def node_image(node: BaseNode) -> Any:
 def _copy_with_metadata(node: BaseNode, updates: dict[str, Any]) -> BaseNode:
     """A copy of ``node`` with ``updates`` merged into its metadata; the caller's node is untouched.
 
-    ``rerank_error`` is kept out of the text that LLMs and embedders see."""
-    fields: dict[str, Any] = {"metadata": {**node.metadata, **updates}}
+    ``rerank_error`` is kept out of the text that LLMs and embedders see; without an error in ``updates``, one
+    an earlier reranking left in the metadata is removed (it no longer holds)."""
+    metadata = {**node.metadata, **updates}
+    if ERROR_KEY not in updates:
+        metadata.pop(ERROR_KEY, None)
+    fields: dict[str, Any] = {"metadata": metadata}
     if ERROR_KEY in updates:
-        fields["excluded_llm_metadata_keys"] = [*node.excluded_llm_metadata_keys, ERROR_KEY]
-        fields["excluded_embed_metadata_keys"] = [*node.excluded_embed_metadata_keys, ERROR_KEY]
+        for name in ("excluded_llm_metadata_keys", "excluded_embed_metadata_keys"):
+            keys = getattr(node, name)
+            fields[name] = keys if ERROR_KEY in keys else [*keys, ERROR_KEY]
     return node.model_copy(update=fields)
