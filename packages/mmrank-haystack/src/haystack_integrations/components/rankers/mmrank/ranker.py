@@ -28,10 +28,17 @@ from mmrank.integration import (
     ERROR_KEY,
     RETRIEVAL_SCORE_KEY,
     Mode,
+    arank,
     build_reranker,
     check_settings,
     check_shared_reranker,
+    check_threshold,
+    check_top_n,
     data_uri,
+    document_error,
+    kwargs_from_data,
+    kwargs_to_data,
+    rank,
 )
 
 __all__ = ["API_KEY_ENV", "ERROR_KEY", "RETRIEVAL_SCORE_KEY", "MMRankRanker", "Mode"]
@@ -114,8 +121,8 @@ class MMRankRanker:
 
         :raises ValueError: If `top_k` is not > 0 or `on_error` is unknown.
         """
-        if top_k is not None and top_k <= 0:
-            raise ValueError(f"top_k must be > 0, but got {top_k}")
+        check_top_n(top_k, "top_k")
+        check_threshold(score_threshold)
         if on_error not in ("last", "raise"):
             raise ValueError(f"on_error must be 'last' or 'raise', got {on_error!r}")
         check_settings(mode, batch_size=batch_size)  # ValueError now rather than at warm_up
@@ -141,7 +148,7 @@ class MMRankRanker:
         self.root_path = root_path
         self.keep_retrieval_score = keep_retrieval_score
         self.on_error = on_error
-        self.reranker_kwargs = dict(reranker_kwargs or {})
+        self.reranker_kwargs = kwargs_from_data(reranker_kwargs)  # from_dict hands an ImagePolicy back as a dict
         self._shared = reranker is not None
         self._reranker: mmrank.Reranker | None = reranker
         self._lock = threading.Lock()
@@ -213,7 +220,7 @@ class MMRankRanker:
             root_path=self.root_path,
             keep_retrieval_score=self.keep_retrieval_score,
             on_error=self.on_error,
-            reranker_kwargs=self.reranker_kwargs,
+            reranker_kwargs=kwargs_to_data(self.reranker_kwargs),
         )
 
     @classmethod
@@ -236,36 +243,54 @@ class MMRankRanker:
             return mmrank.Query(image=data_uri(query.base64_image, query.mime_type))
         return mmrank.Query(text=query)
 
-    def _text(self, doc: Document) -> str | None:
+    def _text(self, doc: Document, has_image: bool) -> str | None:
         parts = [str(doc.meta[k]) for k in self.meta_fields_to_embed if doc.meta.get(k)]
         if doc.content:
             parts.append(doc.content)
-        return self.embedding_separator.join(parts) if parts else None
+        if parts:
+            return self.embedding_separator.join(parts)
+        # content "" without an image is an empty text, scored as Haystack's rankers score it; None content
+        # without an image is reported ("neither text nor image"), never guessed.
+        return doc.content if doc.content is not None and not has_image else None
 
     def _image(self, doc: Document) -> Any:
-        """The image source of one Document, or None."""
+        """The image source of one Document, or None. ``TypeError`` for a blob whose data is not bytes."""
         blob = doc.blob
-        if blob is not None and blob.data and (not blob.mime_type or blob.mime_type.startswith("image/")):
-            return blob.data
+        if blob is not None and blob.data and (not _is_str(blob.mime_type) or blob.mime_type.startswith("image/")):
+            if not isinstance(blob.data, bytes | bytearray | memoryview):
+                # A str here would be read as a path or URL: refuse it instead of guessing.
+                raise TypeError(f"blob.data is a {type(blob.data).__name__}, not bytes")
+            return bytes(blob.data)
         file_path = doc.meta.get(self.file_path_meta_field)
         if not file_path:
             return None
         path = Path(self.root_path or "", str(file_path))
-        mime = doc.meta.get("mime_type") or mimetypes.guess_type(path.name)[0]
+        mime = doc.meta.get("mime_type")
+        mime = mime if _is_str(mime) else mimetypes.guess_type(path.name)[0]
         if (mime and mime.startswith("image/")) or (mime is None and not doc.content):
             return path  # mmrank reads it; a path escaping root_path is refused by its ImagePolicy
         return None  # e.g. the .txt/.pdf a text Document was converted from: its text is scored
 
-    def _prepare(self, query: str | ImageContent, documents: list[Document], top_k: int | None,
-                 score_threshold: float | None) -> tuple[mmrank.Query, list[mmrank.Document], dict[str, Any]]:
-        """The core's query, documents and rank options; run-time values override those set at init."""
-        top_k = self.top_k if top_k is None else top_k
-        if top_k is not None and top_k <= 0:
-            raise ValueError(f"top_k must be > 0, but got {top_k}")
-        docs = [mmrank.Document(text=self._text(d), image=self._image(d), id=d.id, payload=d) for d in documents]
-        options = {"top_n": top_k, "on_error": self.on_error,
-                   "score_threshold": self.score_threshold if score_threshold is None else score_threshold}
-        return self._query(query), docs, options
+    def _documents(self, documents: list[Document]) -> tuple[list[mmrank.Document], list[Any]]:
+        """The core's documents (duplicates by id merged, as Haystack's rankers do) and one error (or None)
+        per document whose image source cannot even be handed to mmrank."""
+        docs, refused = [], []
+        for i, d in enumerate(_deduplicate(documents)):
+            try:
+                image = self._image(d)
+            except TypeError as exc:
+                docs.append(mmrank.Document(id=d.id, payload=d))
+                refused.append(document_error(i, d.id, str(exc)))
+                continue
+            docs.append(mmrank.Document(text=self._text(d, image is not None), image=image, id=d.id, payload=d))
+            refused.append(None)
+        return docs, refused
+
+    def _options(self, top_k: int | None, score_threshold: float | None) -> dict[str, Any]:
+        """The rank options; run-time values override those set at init (and are checked like them)."""
+        top_k = check_top_n(self.top_k if top_k is None else top_k, "top_k")
+        threshold = check_threshold(self.score_threshold if score_threshold is None else score_threshold)
+        return {"top_n": top_k, "score_threshold": threshold, "on_error": self.on_error}
 
     def _results(self, ranked: list[mmrank.RankedDocument]) -> list[Document]:
         out = []
@@ -276,6 +301,8 @@ class MMRankRanker:
                 meta[RETRIEVAL_SCORE_KEY] = doc.score
             if r.error is not None:
                 meta[ERROR_KEY] = r.error
+            else:  # an error from an earlier reranking stage no longer holds
+                meta.pop(ERROR_KEY, None)
             out.append(replace(doc, score=r.score, meta=meta))  # a copy: the caller's Document is untouched
         return out
 
@@ -299,12 +326,13 @@ class MMRankRanker:
             - `documents`: copies of the Documents with `score` set, best first.
         :raises ValueError: If `top_k` is not > 0.
         """
+        options = self._options(top_k, score_threshold)
         if not documents:
             return {"documents": []}
-        q, docs, options = self._prepare(query, documents, top_k, score_threshold)
+        q, (docs, refused) = self._query(query), self._documents(documents)
         self.warm_up()
         assert self._reranker is not None
-        return {"documents": self._results(self._reranker.rank(q, docs, **options))}
+        return {"documents": self._results(rank(self._reranker, q, docs, refused, **options))}
 
     @component.output_types(documents=list[Document])
     async def run_async(
@@ -326,12 +354,35 @@ class MMRankRanker:
             - `documents`: copies of the Documents with `score` set, best first.
         :raises ValueError: If `top_k` is not > 0.
         """
+        options = self._options(top_k, score_threshold)
         if not documents:
             return {"documents": []}
-        q, docs, options = self._prepare(query, documents, top_k, score_threshold)
+        q, (docs, refused) = self._query(query), self._documents(documents)
         await self.warm_up_async()
         assert self._reranker is not None
-        return {"documents": self._results(await self._reranker.arank(q, docs, **options))}
+        return {"documents": self._results(await arank(self._reranker, q, docs, refused, **options))}
+
+
+def _is_str(value: Any) -> bool:
+    return isinstance(value, str) and value != ""
+
+
+def _deduplicate(documents: list[Document]) -> list[Document]:
+    """One Document per id, in order of first appearance, keeping the one with the highest retriever score
+    (as Haystack's own rankers do: Documents with the same id are the same Document)."""
+    for i, d in enumerate(documents):
+        if not isinstance(d, Document):
+            raise TypeError(f"documents[{i}] is a {type(d).__name__}, not a haystack Document")
+    best: dict[str, Document] = {}
+    for d in documents:
+        kept = best.get(d.id)
+        if kept is None or _score(d) > _score(kept):
+            best[d.id] = d
+    return list(best.values())
+
+
+def _score(doc: Document) -> float:
+    return doc.score if isinstance(doc.score, int | float) and doc.score == doc.score else float("-inf")
 
 
 def _same_root(a: str | None, b: str) -> bool:
