@@ -28,8 +28,8 @@ from mmrank.integration import (
     check_shared_reranker,
     check_threshold,
     check_top_n,
+    core_document,
     data_uri,
-    document_error,
     image_source_problem,
     kwargs_from_data,
     kwargs_to_data,
@@ -199,9 +199,10 @@ class MMRankRerank(BaseDocumentCompressor):
 
     # ------------------------------------------------------------------ translation
     @staticmethod
-    def _documents(documents: Sequence[Document]) -> tuple[list[mmrank.Document], list[mmrank.ImageLoadError | None]]:
-        """The core's documents, and one error (or None) per document whose metadata names an image that
-        cannot even be handed to mmrank (it is then ranked last, or raised, like an unreadable image)."""
+    def _documents(documents: Sequence[Document]) -> tuple[list[mmrank.Document], list[mmrank.InputError | None]]:
+        """The core's documents, and one error (or None) per document that cannot even be handed to mmrank
+        (metadata naming an image with a value of the wrong type, ``page_content`` assigned a non-str): it
+        is then ranked last, or raised, like an unreadable image."""
         docs, refused = [], []
         for i, d in enumerate(documents):
             if not isinstance(d, Document):
@@ -211,8 +212,9 @@ class MMRankRerank(BaseDocumentCompressor):
             # Empty page_content is no text when there is an image (an image document); without one it is
             # an empty text, scored as LangChain's own rerankers score it.
             text = d.page_content if d.page_content or image is None else None
-            refused.append(document_error(i, d.id, problem) if problem else None)
-            docs.append(mmrank.Document(text=None if problem else text, image=image, id=d.id, payload=d))
+            doc, error = core_document(i, text=text, image=image, doc_id=d.id, payload=d, image_problem=problem)
+            docs.append(doc)
+            refused.append(error)
         return docs, refused
 
     def _rank_options(self) -> dict[str, Any]:

@@ -13,8 +13,9 @@ to its framework (its document types, its events, its serialization).
   value a framework document holds cannot be an image source at all;
 - :func:`check_top_n` / :func:`check_threshold`: the adapters' ``top_n`` / ``top_k`` and ``score_threshold``
   rules, checked at construction and again at each call (attributes can be assigned in between);
-- :func:`document_error` / :func:`rank` / :func:`arank`: ranking where the adapter already knows that some
-  framework documents cannot be translated (they are reported like unreadable images, never dropped);
+- :func:`core_document` / :func:`document_error` / :func:`rank` / :func:`arank`: translation that never
+  fails the call for one bad framework document, and ranking where the adapter already knows that some
+  cannot be translated (they are reported like unreadable images, never dropped);
 - :func:`kwargs_to_data` / :func:`kwargs_from_data`: ``reranker_kwargs`` to and from plain data (an
   :class:`~mmrank.ImagePolicy` becomes a dict of its fields), so adapters serialize and load them.
 """
@@ -38,7 +39,7 @@ from .scorers.factory import BATCH_MODES, DEVICE_MODES, HTTP_MODES, MODES, Mode,
 __all__ = [
     "API_KEY_ENV", "BATCH_MODES", "DEVICE_MODES", "ERROR_KEY", "HTTP_MODES", "MODES", "Mode", "RETRIEVAL_SCORE_KEY",
     "SCORE_KEY", "arank", "build_reranker", "check_settings", "check_shared_reranker", "check_threshold",
-    "check_top_n", "data_uri", "document_error", "image_source_problem", "kwargs_from_data", "kwargs_to_data",
+    "check_top_n", "core_document", "data_uri", "document_error", "image_source_problem", "kwargs_from_data", "kwargs_to_data",
     "path_or_url", "rank", "scorer_kwargs",
 ]
 
@@ -138,12 +139,30 @@ def document_error(index: int, doc_id: str | None, reason: str) -> ImageLoadErro
     return ImageLoadError(reason, document_index=index, document_id=doc_id)
 
 
-def _refused(refused: Sequence[ImageLoadError | None] | None) -> list[ImageLoadError | None] | None:
+def core_document(index: int, *, text: Any, image: Any, doc_id: Any, payload: Any,
+                  image_problem: str | None = None) -> tuple[Document, ImageLoadError | InputError | None]:
+    """The :class:`~mmrank.Document` for one framework document, and its error (or ``None``) when the
+    framework document cannot even be translated: ``image_problem`` (the adapter's reason), an image value
+    of no image type (:func:`image_source_problem`), text that is not a ``str`` (frameworks that do not
+    validate assignments let it through). Such a document is ranked last with its error, or raised, like
+    an unreadable image — never dropped, and the call goes on."""
+    doc_id = None if doc_id is None else str(doc_id)
+    problem = image_problem or (image_source_problem(image) if image is not None else None)
+    if problem:
+        return Document(id=doc_id, payload=payload), document_error(index, doc_id, problem)
+    try:
+        return Document(text=text, image=image, id=doc_id, payload=payload), None
+    except InputError as exc:
+        where = f" (id={doc_id!r})" if doc_id is not None else ""
+        return Document(id=doc_id, payload=payload), InputError(f"document {index}{where}: {exc}")
+
+
+def _refused(refused: Sequence[InputError | None] | None) -> list[InputError | None] | None:
     return list(refused) if refused is not None and any(e is not None for e in refused) else None
 
 
 def rank(reranker: Reranker, query: Any, documents: list[Document],
-         refused: Sequence[ImageLoadError | None] | None = None, **options: Any) -> list[RankedDocument]:
+         refused: Sequence[InputError | None] | None = None, **options: Any) -> list[RankedDocument]:
     """:meth:`Reranker.rank` where the adapter already refused some documents (``refused``: one error or
     ``None`` per document). Refused documents are ranked last with their error under ``on_error="last"``;
     under ``"raise"`` the first error is raised. ``options``: ``top_n``, ``score_threshold``, ``on_error``."""
@@ -155,7 +174,7 @@ def rank(reranker: Reranker, query: Any, documents: list[Document],
 
 
 async def arank(reranker: Reranker, query: Any, documents: list[Document],
-                refused: Sequence[ImageLoadError | None] | None = None, **options: Any) -> list[RankedDocument]:
+                refused: Sequence[InputError | None] | None = None, **options: Any) -> list[RankedDocument]:
     """Async :func:`rank` (the model runs off the event loop, as :meth:`Reranker.arank`)."""
     known = _refused(refused)
     if known is None:

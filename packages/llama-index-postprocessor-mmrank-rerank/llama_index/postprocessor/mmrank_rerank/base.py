@@ -29,6 +29,7 @@ from mmrank.integration import (
     check_shared_reranker,
     check_threshold,
     check_top_n,
+    core_document,
     data_uri,
     kwargs_from_data,
     kwargs_to_data,
@@ -205,9 +206,11 @@ class MMRankRerank(BaseNodePostprocessor):
         image = getattr(query_bundle, "image_path", None)
         return mmrank.Query(text=query_bundle.query_str or None, image=path_or_url(image) if image else None)
 
-    def _documents(self, nodes: list[NodeWithScore]) -> list[mmrank.Document]:
-        docs = []
-        for nws in nodes:
+    def _documents(self, nodes: list[NodeWithScore]) -> tuple[list[mmrank.Document], list[mmrank.InputError | None]]:
+        """The core's documents, and one error (or None) per node that cannot even be handed to mmrank (it
+        is then ranked last, or raised, like an unreadable image)."""
+        docs, refused = [], []
+        for i, nws in enumerate(nodes):
             node = nws.node
             image = node_image(node)
             # An image node's text counts only if it has some of its own: it must not be scored on its
@@ -215,8 +218,10 @@ class MMRankRerank(BaseNodePostprocessor):
             # when that is empty, as LlamaIndex's own rerankers score it.
             own_text = node.get_content(metadata_mode=MetadataMode.NONE)
             text = node.get_content(metadata_mode=self.metadata_mode) if own_text or image is None else None
-            docs.append(mmrank.Document(text=text, image=image, id=node.node_id, payload=nws))
-        return docs
+            doc, error = core_document(i, text=text, image=image, doc_id=node.node_id, payload=nws)
+            docs.append(doc)
+            refused.append(error)
+        return docs, refused
 
     def _results(self, ranked: list[mmrank.RankedDocument]) -> list[NodeWithScore]:
         out = []
@@ -272,9 +277,9 @@ class MMRankRerank(BaseNodePostprocessor):
         if len(nodes) == 0:
             dispatcher.event(ReRankEndEvent(nodes=[]))
             return []
-        query, docs = self._query(query_bundle), self._documents(nodes)
+        query, (docs, refused) = self._query(query_bundle), self._documents(nodes)
         with self.callback_manager.event(CBEventType.RERANKING, payload=self._cb_payload(nodes, query_bundle)) as event:
-            ranked = rank(self.reranker, query, docs, **self._rank_options())
+            ranked = rank(self.reranker, query, docs, refused, **self._rank_options())
             new_nodes = self._results(ranked)
             event.on_end(payload={EventPayload.NODES: new_nodes})
         dispatcher.event(ReRankEndEvent(nodes=new_nodes))
@@ -291,10 +296,10 @@ class MMRankRerank(BaseNodePostprocessor):
         if len(nodes) == 0:
             dispatcher.event(ReRankEndEvent(nodes=[]))
             return []
-        query, docs = self._query(query_bundle), self._documents(nodes)
+        query, (docs, refused) = self._query(query_bundle), self._documents(nodes)
         with self.callback_manager.event(CBEventType.RERANKING, payload=self._cb_payload(nodes, query_bundle)) as event:
             # mmrank runs the model (and image reading) in a worker thread: the event loop stays free.
-            ranked = await arank(self.reranker, query, docs, **self._rank_options())
+            ranked = await arank(self.reranker, query, docs, refused, **self._rank_options())
             new_nodes = self._results(ranked)
             event.on_end(payload={EventPayload.NODES: new_nodes})
         dispatcher.event(ReRankEndEvent(nodes=new_nodes))

@@ -9,10 +9,10 @@ copies of the Documents with ``score`` set. Scoring, batching and image reading 
 from __future__ import annotations
 
 import asyncio
+import copy
 import dataclasses
 import mimetypes
 import threading
-from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -34,8 +34,8 @@ from mmrank.integration import (
     check_shared_reranker,
     check_threshold,
     check_top_n,
+    core_document,
     data_uri,
-    document_error,
     kwargs_from_data,
     kwargs_to_data,
     rank,
@@ -243,7 +243,9 @@ class MMRankRanker:
             return mmrank.Query(image=data_uri(query.base64_image, query.mime_type))
         return mmrank.Query(text=query)
 
-    def _text(self, doc: Document, has_image: bool) -> str | None:
+    def _text(self, doc: Document, has_image: bool) -> Any:
+        if doc.content is not None and not isinstance(doc.content, str):
+            return doc.content  # not text: mmrank names the Document in its error
         parts = [str(doc.meta[k]) for k in self.meta_fields_to_embed if doc.meta.get(k)]
         if doc.content:
             parts.append(doc.content)
@@ -277,13 +279,13 @@ class MMRankRanker:
         docs, refused = [], []
         for i, d in enumerate(_deduplicate(documents)):
             try:
-                image = self._image(d)
+                image, problem = self._image(d), None
             except TypeError as exc:
-                docs.append(mmrank.Document(id=d.id, payload=d))
-                refused.append(document_error(i, d.id, str(exc)))
-                continue
-            docs.append(mmrank.Document(text=self._text(d, image is not None), image=image, id=d.id, payload=d))
-            refused.append(None)
+                image, problem = None, str(exc)
+            doc, error = core_document(i, text=self._text(d, image is not None), image=image, doc_id=d.id,
+                                       payload=d, image_problem=problem)
+            docs.append(doc)
+            refused.append(error)
         return docs, refused
 
     def _options(self, top_k: int | None, score_threshold: float | None) -> dict[str, Any]:
@@ -303,7 +305,7 @@ class MMRankRanker:
                 meta[ERROR_KEY] = r.error
             else:  # an error from an earlier reranking stage no longer holds
                 meta.pop(ERROR_KEY, None)
-            out.append(replace(doc, score=r.score, meta=meta))  # a copy: the caller's Document is untouched
+            out.append(_copy(doc, score=r.score, meta=meta))
         return out
 
     # ------------------------------------------------------------------ run
@@ -361,6 +363,19 @@ class MMRankRanker:
         await self.warm_up_async()
         assert self._reranker is not None
         return {"documents": self._results(await arank(self._reranker, q, docs, refused, **options))}
+
+
+def _copy(doc: Document, **changes: Any) -> Document:
+    """A copy of ``doc`` with ``changes`` (id, content, blob, embedding kept; the caller's Document untouched)."""
+    try:
+        return dataclasses.replace(doc, **changes)
+    except ValueError:
+        # Content of the wrong type (assigned after construction; this Document's error says so): Document's
+        # own checks refuse to build a copy, so copy it field by field instead of failing after ranking.
+        copied = copy.copy(doc)
+        for name, value in changes.items():
+            object.__setattr__(copied, name, value)
+        return copied
 
 
 def _is_str(value: Any) -> bool:
