@@ -15,7 +15,9 @@ import pytest
 from llama_index.core import VectorStoreIndex
 from llama_index.core.base.embeddings.base import BaseEmbedding
 from llama_index.core.llms import MockLLM
-from llama_index.core.schema import ImageNode, TextNode
+from llama_index.core.query_engine import RetrieverQueryEngine
+from llama_index.core.retrievers import BaseRetriever
+from llama_index.core.schema import ImageNode, NodeWithScore, QueryBundle, TextNode
 from llama_index.postprocessor.mmrank_rerank import MMRankRerank
 from mmrank_testkit import write_sample_images
 from mmrank_testkit.conformance import QUERY, TEXTS, shared_tiny_reranker
@@ -91,3 +93,36 @@ async def test_async_query_engine_matches_sync(index):
     asyn = (await engine.aquery(QUERY)).source_nodes
     assert [n.node.node_id for n in asyn] == [n.node.node_id for n in sync] and len(sync) == 4
     assert [n.score for n in asyn] == pytest.approx([n.score for n in sync], abs=1e-5)
+
+
+
+class ImageQueryRetriever(BaseRetriever):
+    """A first stage for image queries (as an image-to-image retriever would be): every stored node, with
+    a decreasing retrieval score; it checks that the image query reached it."""
+
+    def __init__(self, nodes):
+        super().__init__()
+        self.nodes = nodes
+
+    def _retrieve(self, query_bundle):
+        assert query_bundle.image_path
+        return [NodeWithScore(node=n, score=1.0 - i / 100) for i, n in enumerate(self.nodes)]
+
+
+def test_retriever_query_engine_with_an_image_query(index, tmp_path):
+    # An image query travels as QueryBundle.image_path through RetrieverQueryEngine to the postprocessor,
+    # which ranks text and image nodes for it; a node whose image is gone comes last, never dropped.
+    _, by_id = index
+    query_image = write_sample_images(tmp_path / "q", n=2)[1]
+    gone = ImageNode(image_path=str(tmp_path / "deleted.png"), text="", id_="gone")
+    nodes = [*by_id.values(), gone]
+    rerank = MMRankRerank(reranker=shared_tiny_reranker(), top_n=None, keep_retrieval_score=True)
+    engine = RetrieverQueryEngine.from_args(ImageQueryRetriever(nodes), llm=MockLLM(), node_postprocessors=[rerank])
+    got = engine.query(QueryBundle(query_str="", image_path=str(query_image))).source_nodes
+    docs = [mmrank.Document(text=n.get_content(metadata_mode="embed") or None, image=getattr(n, "image_path", None),
+                            id=n.node_id) for n in nodes[:-1]]
+    ranked = shared_tiny_reranker().rank(mmrank.Query(image=query_image), docs)
+    assert [n.node.node_id for n in got] == [r.id for r in ranked] + ["gone"]
+    assert [n.score for n in got[:-1]] == pytest.approx([r.score for r in ranked], abs=1e-5)
+    assert got[-1].score is None and "deleted.png" in got[-1].node.metadata["rerank_error"]
+    assert got[-1].node.metadata["retrieval_score"] == pytest.approx(1.0 - len(nodes[:-1]) / 100)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 os.environ.setdefault("HAYSTACK_TELEMETRY_ENABLED", "False")
@@ -10,6 +11,7 @@ import mmrank  # noqa: E402
 import pytest  # noqa: E402
 from haystack import Document, Pipeline  # noqa: E402
 from haystack.components.retrievers.in_memory import InMemoryBM25Retriever  # noqa: E402
+from haystack.dataclasses import ImageContent  # noqa: E402
 from haystack.document_stores.in_memory import InMemoryDocumentStore  # noqa: E402
 from haystack.utils import ComponentDevice  # noqa: E402
 from haystack_integrations.components.rankers.mmrank import MMRankRanker  # noqa: E402
@@ -71,3 +73,29 @@ def test_pipeline_yaml_round_trip_then_run(store):
     docs = store.filter_documents()
     out = loaded_ranker.run(query=QUERY, documents=docs)["documents"]
     assert len(out) == 2 and all(d.score is not None for d in out)
+
+
+def test_saved_pipeline_keeps_the_image_policy_and_root_path_then_ranks_an_image_query(tmp_path):
+    # reranker_kwargs={"image_policy": ImagePolicy(...)} used to make Pipeline.dumps fail (SerializationError).
+    images = write_sample_images(tmp_path / "root", n=3)
+    outside = write_sample_images(tmp_path / "outside", n=1)[0]
+    policy = mmrank.ImagePolicy(max_pixels=1_000_000, schemes=frozenset({"file", "data"}))
+    p = Pipeline()
+    p.add_component("ranker", MMRankRanker(model=str(tiny_model_dir("jina")), device=ComponentDevice.from_str("cpu"),
+                                           root_path=str(tmp_path / "root"), top_k=None,
+                                           reranker_kwargs={"image_policy": policy, "dtype": "float32"}))
+    loaded = Pipeline.loads(p.dumps())
+    ranker = loaded.get_component("ranker")
+    assert ranker.reranker_kwargs["image_policy"] == policy
+    docs = [Document(id=f"img{i}", meta={"file_path": path.name}) for i, path in enumerate(images)]
+    docs += [Document(id="text", content=TEXTS[1]),
+             Document(id="escape", meta={"file_path": f"../outside/{outside.name}"})]
+    query = ImageContent.from_file_path(str(images[1]))
+    out = loaded.run({"ranker": {"query": query, "documents": docs}})["ranker"]["documents"]
+    assert ranker._reranker.image_policy == dataclasses.replace(policy, root_path=str(tmp_path / "root"))
+    core = [mmrank.Document(image=path, id=f"img{i}") for i, path in enumerate(images)]
+    core.append(mmrank.Document(text=TEXTS[1], id="text"))
+    ranked = shared_tiny_reranker().rank(mmrank.Query(image=images[1]), core)
+    assert [d.id for d in out] == [r.id for r in ranked] + ["escape"]
+    assert [d.score for d in out[:-1]] == pytest.approx([r.score for r in ranked], abs=1e-5)
+    assert out[-1].score is None and "outside the allowed root" in out[-1].meta["rerank_error"]
