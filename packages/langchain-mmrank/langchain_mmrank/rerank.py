@@ -112,9 +112,11 @@ class MMRankRerank(BaseDocumentCompressor):
 
     Works standalone (``compress_documents``) and inside ``ContextualCompressionRetriever``. Returns at most
     ``top_n`` copies of the input documents (ids kept), best first, each with
-    ``metadata["relevance_score"]``. A document whose image cannot be read is ranked last with
+    ``metadata["relevance_score"]``. A document that cannot be scored (its image cannot be read, an image key
+    holds a value of the wrong type, its text is not valid text) is ranked last with
     ``relevance_score=None`` and ``metadata["rerank_error"]`` when ``on_error="last"`` (the default), or
-    the call raises :class:`mmrank.ImageLoadError` naming it when ``on_error="raise"``.
+    the call raises :class:`mmrank.ImageLoadError` / :class:`mmrank.InputError` naming it when
+    ``on_error="raise"``. Empty ``page_content`` without an image is an empty text, scored.
 
     Pass ``reranker=`` (an :class:`mmrank.Reranker`) to share one loaded model between compressors.
     """
@@ -141,7 +143,7 @@ class MMRankRerank(BaseDocumentCompressor):
     mmrank_api_key: SecretStr | None = Field(
         alias="api_key", default_factory=secret_from_env(API_KEY_ENV, default=None)
     )
-    """API key for ``mode="remote"`` (default: ``$MMRANK_API_KEY``)."""
+    """API key for ``mode="remote"`` or ``mode="chat"`` (default: ``$MMRANK_API_KEY``)."""
     reranker_kwargs: dict[str, Any] = Field(default_factory=dict)
     """Extra keyword arguments for :func:`mmrank.load_reranker`."""
     reranker: mmrank.Reranker | None = Field(default=None, exclude=True)

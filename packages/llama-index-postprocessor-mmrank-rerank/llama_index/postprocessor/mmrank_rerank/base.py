@@ -62,7 +62,8 @@ class MMRankRerank(BaseNodePostprocessor):
         top_n: nodes to return, best first (``None``: all).
         model: model id or local folder; ``None`` uses the mode's default (``jinaai/jina-reranker-m0`` for
             pointwise). With ``mode="remote"``, the model name the server is asked for.
-        mode: the mmrank scorer: ``"pointwise"``, ``"listwise"``, ``"pairwise"`` or ``"remote"``.
+        mode: the mmrank scorer: ``"pointwise"``, ``"listwise"``, ``"pairwise"``, ``"remote"`` (a rerank API) or
+            ``"chat"`` (listwise or pairwise over a chat-completions server).
         device: torch device, e.g. ``"cuda"`` or ``"cpu"`` (``None``: CUDA if available); local modes only.
         batch_size: pairs per forward pass (``None``: the scorer's default); pointwise and pairwise only.
         score_threshold: drop scored nodes below this score, before ``top_n`` counts (nodes that failed are
@@ -70,8 +71,8 @@ class MMRankRerank(BaseNodePostprocessor):
         keep_retrieval_score: keep the retriever's score in ``metadata["retrieval_score"]``.
         on_error: a node whose image cannot be read: ``"last"`` ranks it last with
             ``metadata["rerank_error"]``, ``"raise"`` raises :class:`mmrank.ImageLoadError`.
-        url: server URL for ``mode="remote"``.
-        api_key: API key for ``mode="remote"`` (default: ``$MMRANK_API_KEY``); kept as a ``SecretStr`` and
+        url: server URL for ``mode="remote"`` or ``mode="chat"``.
+        api_key: API key for ``mode="remote"`` / ``"chat"`` (default: ``$MMRANK_API_KEY``); kept as a ``SecretStr`` and
             never serialized.
         reranker_kwargs: other options of the mmrank scorer, passed to :func:`mmrank.load_reranker` (e.g.
             ``max_length``, ``image_policy``, ``window_size``).
@@ -110,9 +111,9 @@ class MMRankRerank(BaseNodePostprocessor):
     metadata_mode: MetadataMode = Field(
         default=MetadataMode.EMBED, description="Which metadata goes into a node's text (as other rerankers)."
     )
-    url: str | None = Field(default=None, description="Server URL for mode='remote'.")
+    url: str | None = Field(default=None, description="Server URL for mode='remote' or 'chat'.")
     api_key: SecretStr | None = Field(
-        default=None, exclude=True, description=f"API key for mode='remote' (default: ${API_KEY_ENV})."
+        default=None, exclude=True, description=f"API key for mode='remote' or 'chat' (default: ${API_KEY_ENV})."
     )
     reranker_kwargs: dict[str, Any] = Field(
         default_factory=dict, description="Extra keyword arguments for mmrank.load_reranker."

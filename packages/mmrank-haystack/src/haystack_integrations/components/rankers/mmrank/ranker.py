@@ -56,9 +56,11 @@ class MMRankRanker:
     ``meta[file_path_meta_field]`` (as ``ImageFileToDocument`` produces; resolved under ``root_path``). The
     query is a string or an ``ImageContent`` (an image query).
 
-    Each returned Document is a copy with ``score`` set; at most ``top_k``, best first. A Document whose
-    image cannot be read is ranked last with ``score=None`` and ``meta["rerank_error"]`` when
-    ``on_error="last"`` (the default), or the run raises (naming the Document) when ``on_error="raise"``.
+    Each returned Document is a copy with ``score`` set; at most ``top_k``, best first. Documents with the same
+    id are merged first, keeping the highest retriever score (as Haystack's rankers do). A Document that
+    cannot be scored (its image cannot be read, it has neither content nor image, ...) is ranked last with
+    ``score=None`` and ``meta["rerank_error"]`` when ``on_error="last"`` (the default), or the run raises
+    (naming the Document) when ``on_error="raise"``.
 
     ### Usage example
 
@@ -103,8 +105,8 @@ class MMRankRanker:
             or pairwise over an OpenAI-compatible chat-completions server; `url` is its base URL).
         :param device: The device to load the model on. If `None`, the default device is selected.
         :param token: Hugging Face token for private models.
-        :param api_key: API key of the rerank server (`mode="remote"`); read from `MMRANK_API_KEY` by default.
-        :param url: URL of the rerank server (`mode="remote"`).
+        :param api_key: API key of the server (`mode="remote"` or `"chat"`); read from `MMRANK_API_KEY` by default.
+        :param url: URL of the server (`mode="remote"` or `"chat"`).
         :param top_k: The maximum number of Documents to return (`None`: all).
         :param score_threshold: If set, scored Documents below it are dropped (Documents that failed are kept).
         :param batch_size: Pairs per forward pass (`None`: the scorer's default).
@@ -115,11 +117,13 @@ class MMRankRanker:
         :param keep_retrieval_score: Keep the retriever's score in `meta["retrieval_score"]`.
         :param on_error: A Document whose image cannot be read: `"last"` ranks it last with
             `meta["rerank_error"]`, `"raise"` raises.
-        :param reranker_kwargs: Extra keyword arguments for `mmrank.load_reranker` (JSON-serializable).
+        :param reranker_kwargs: Extra keyword arguments for `mmrank.load_reranker` (YAML-serializable to save the
+            pipeline; an `image_policy` is saved as a dict of its fields).
         :param reranker: An already-built `mmrank.Reranker` to use (shares one model; such a ranker cannot be
             serialized).
 
-        :raises ValueError: If `top_k` is not > 0 or `on_error` is unknown.
+        :raises ValueError: If `top_k` is not a positive integer or None, `score_threshold` not a number or None,
+            or `on_error` unknown.
         """
         check_top_n(top_k, "top_k")
         check_threshold(score_threshold)
@@ -326,7 +330,8 @@ class MMRankRanker:
         :param score_threshold: Drop scored Documents below this score. Overrides the value set at initialization.
         :returns: A dictionary with the following key:
             - `documents`: copies of the Documents with `score` set, best first.
-        :raises ValueError: If `top_k` is not > 0.
+        :raises ValueError: If `top_k` is not a positive integer or None, or `score_threshold` not a number or None.
+        :raises TypeError: If an item of `documents` is not a Document.
         """
         options = self._options(top_k, score_threshold)
         if not documents:
@@ -354,7 +359,8 @@ class MMRankRanker:
         :param score_threshold: Drop scored Documents below this score. Overrides the value set at initialization.
         :returns: A dictionary with the following key:
             - `documents`: copies of the Documents with `score` set, best first.
-        :raises ValueError: If `top_k` is not > 0.
+        :raises ValueError: If `top_k` is not a positive integer or None, or `score_threshold` not a number or None.
+        :raises TypeError: If an item of `documents` is not a Document.
         """
         options = self._options(top_k, score_threshold)
         if not documents:
