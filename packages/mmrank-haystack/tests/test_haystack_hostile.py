@@ -12,6 +12,7 @@ import mmrank  # noqa: E402
 import pytest  # noqa: E402
 from haystack import Document  # noqa: E402
 from haystack.dataclasses import ByteStream  # noqa: E402
+from haystack.utils import ComponentDevice  # noqa: E402
 from haystack_integrations.components.rankers.mmrank import MMRankRanker  # noqa: E402
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
@@ -179,3 +180,13 @@ async def test_top_k_and_threshold_rules_name_the_parameter(reranker):
         ranker.run(query=QUERY, documents=docs, score_threshold=float("nan"))
     with pytest.raises(TypeError, match=r"documents\[1\] is a str, not a haystack Document"):
         ranker.run(query=QUERY, documents=[docs[0], "text"])
+
+
+def test_settings_that_do_not_apply_to_the_mode_fail_at_init(reranker):
+    # Was: accepted, then a ValueError at warm_up, i.e. in the middle of the first pipeline run.
+    with pytest.raises(ValueError, match="url applies to modes"):
+        MMRankRanker(model="any", url="http://rerank.test")
+    with pytest.raises(ValueError, match="device applies to modes"):
+        MMRankRanker(mode="remote", url="http://rerank.test", device=ComponentDevice.from_str("cpu"))
+    with pytest.raises(ValueError, match="batch_size configure"):
+        MMRankRanker(reranker=reranker, batch_size=0)  # a falsy value is still a conflicting setting

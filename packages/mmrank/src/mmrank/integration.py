@@ -66,7 +66,7 @@ def check_shared_reranker(reranker: Any, owner: str, **loading: Any) -> Reranker
         return None
     if not isinstance(reranker, Reranker):
         raise TypeError(f"reranker must be an mmrank.Reranker, got {type(reranker).__name__}")
-    given = [name for name, value in loading.items() if value]
+    given = [name for name, value in loading.items() if value is not None and not (isinstance(value, dict) and not value)]
     if given:
         raise ValueError(f"{', '.join(given)} configure a scorer that {owner} loads; with reranker= set them on "
                          "that scorer instead")

@@ -129,7 +129,8 @@ class MMRankRanker:
         check_threshold(score_threshold)
         if on_error not in ("last", "raise"):
             raise ValueError(f"on_error must be 'last' or 'raise', got {on_error!r}")
-        check_settings(mode, batch_size=batch_size)  # ValueError now rather than at warm_up
+        # ValueError now rather than at warm_up (the Secrets have environment defaults: checked where used).
+        check_settings(mode, batch_size=batch_size, device=device, url=url)
         check_shared_reranker(reranker, "MMRankRanker", device=device, batch_size=batch_size,
                               reranker_kwargs=reranker_kwargs)
         if root_path and reranker is not None and not _same_root(reranker.image_policy.root_path, root_path):
