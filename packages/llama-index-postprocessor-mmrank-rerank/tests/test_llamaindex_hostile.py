@@ -104,7 +104,7 @@ def files(tmp_path_factory):
     return Files(tmp_path_factory.mktemp("hostile-llamaindex"))
 
 
-@settings(max_examples=10, derandomize=True, deadline=None, database=None,
+@settings(max_examples=20, derandomize=True, deadline=None, database=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(entries=hostile.spec_lists(LlamaIndexHostile()), data=st.data())
 def test_any_nodes_any_top_n_any_threshold(entries, data, files):
