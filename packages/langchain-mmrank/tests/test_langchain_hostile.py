@@ -3,6 +3,9 @@ mmrank_testkit.hostile), and the defects they found, each pinned by name."""
 
 from __future__ import annotations
 
+import json
+
+import httpx
 import mmrank
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -173,3 +176,23 @@ def test_image_policy_survives_model_dump():
     assert dumped["reranker_kwargs"]["image_policy"]["schemes"] == ["data", "http", "https"]
     again = MMRankRerank.model_validate_json(compressor.model_dump_json())
     assert again.scorer.image_policy == policy == compressor.scorer.image_policy
+
+
+async def test_a_refused_document_is_never_sent_to_a_remote_server():
+    # The refused-document path goes through mmrank's prepare/finish seam, which the remote scorer overrides.
+    sent = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        texts = json.loads(request.content)["documents"]
+        sent.append(texts)
+        return httpx.Response(200, json={"results": [{"index": i, "relevance_score": 1 - i / 10}
+                                                     for i in range(len(texts))], "usage": {"total_tokens": 1}})
+
+    transport = httpx.MockTransport(handler)
+    compressor = MMRankRerank(mode="remote", url="http://rerank.test", top_n=None, reranker_kwargs={
+        "dialect": "jina", "transport": transport, "async_transport": transport})
+    docs = [Document(page_content="a", id="1"), Document(page_content="", metadata={"image": 5}, id="bad"),
+            Document(page_content="b", id="2")]
+    for out in (compressor.compress_documents(docs, QUERY), await compressor.acompress_documents(docs, QUERY)):
+        assert [d.id for d in out] == ["1", "2", "bad"] and out[2].metadata["relevance_score"] is None
+    assert sent == [["a", "b"], ["a", "b"]]
