@@ -39,8 +39,8 @@ from .scorers.factory import BATCH_MODES, DEVICE_MODES, HTTP_MODES, MODES, Mode,
 __all__ = [
     "API_KEY_ENV", "BATCH_MODES", "DEVICE_MODES", "ERROR_KEY", "HTTP_MODES", "MODES", "Mode", "RETRIEVAL_SCORE_KEY",
     "SCORE_KEY", "arank", "build_reranker", "check_settings", "check_shared_reranker", "check_threshold",
-    "check_top_n", "core_document", "data_uri", "document_error", "image_source_problem", "kwargs_from_data", "kwargs_to_data",
-    "path_or_url", "rank", "scorer_kwargs",
+    "check_top_n", "core_document", "data_uri", "document_error", "image_source_problem", "kwargs_from_data",
+    "kwargs_to_data", "path_or_url", "rank", "scorer_kwargs",
 ]
 
 #: Environment variable the adapters read the remote server's API key from (``mode="remote"``).
@@ -66,6 +66,7 @@ def check_shared_reranker(reranker: Any, owner: str, **loading: Any) -> Reranker
         return None
     if not isinstance(reranker, Reranker):
         raise TypeError(f"reranker must be an mmrank.Reranker, got {type(reranker).__name__}")
+    # Any value but None counts (batch_size=0 too); an empty reranker_kwargs dict is "not given".
     given = [name for name, value in loading.items() if value is not None and not (isinstance(value, dict) and not value)]
     if given:
         raise ValueError(f"{', '.join(given)} configure a scorer that {owner} loads; with reranker= set them on "
