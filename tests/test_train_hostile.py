@@ -344,3 +344,36 @@ def test_merge_refuses_a_foreign_folder_and_replaces_an_earlier_merge(task, tmp_
     a = ListwiseReranker(str(adapter), mode="single_pass", window_size=3, step=1, device="cpu").score(rl.query(), rl.documents())
     b = ListwiseReranker(str(merged), mode="single_pass", window_size=3, step=1, device="cpu").score(rl.query(), rl.documents())
     assert a == b
+
+
+def test_select_names_the_record_whose_image_cannot_be_read(task, tmp_path, capsys):
+    from mmrank_testkit.synthetic import tiny_clip_dir
+
+    fake = task["root"] / "task" / "images" / "truncated ü.png"
+    good_png = next((task["root"] / "task" / "images").glob("*-*-*.png")).read_bytes()
+    fake.write_bytes(good_png[:60])  # a PNG header, then nothing
+    obj = json.loads(task["lines"][1])
+    obj.pop("hash")
+    obj["candidates"][2]["image"] = os.path.relpath(fake, task["root"])
+    path = task["root"] / "truncated image.jsonl"
+    path.write_text("\n".join([task["lines"][0], json.dumps(obj, ensure_ascii=False)]) + "\n", encoding="utf-8")
+    assert main(["select", str(path), "-o", str(tmp_path / "o.jsonl"), "--k", "1",
+                 "--clip-model", str(tiny_clip_dir(tmp_path / "clip"))]) == 2
+    err = capsys.readouterr().err
+    assert f"{path} line 2 (id='train-1'): " in err and "Traceback" not in err, err
+
+
+def test_distill_refuses_an_input_list_whose_id_the_output_holds_for_other_content(task, tmp_path):
+    from mmrank.train.records import RecordError
+
+    lists = task["task"].train.read_text(encoding="utf-8").splitlines()
+    src = task["root"] / "task" / "two lists.jsonl"
+    src.write_text("\n".join(lists[:2]) + "\n", encoding="utf-8")
+    out = tmp_path / "records.jsonl"
+    distill(task["task"].oracle(), src, out, show_progress=False)
+    edited = json.loads(lists[1])
+    edited["query"] = "blue"  # same id, other content: appending would leave two records 'train-1'
+    src.write_text("\n".join([lists[0], json.dumps(edited)]) + "\n", encoding="utf-8")
+    with pytest.raises(RecordError, match=r"line 2 \(id='train-1'\): .* already holds a record with this id"):
+        distill(task["task"].oracle(), src, out, show_progress=False)
+    assert len(read_records(out)) == 2
