@@ -90,3 +90,33 @@ def test_the_synthetic_walk_through_runs_as_written(tmp_path, monkeypatch, capsy
         assert sorted(r["index"] for r in ranked) == [0, 1, 2]
     finally:
         torch.set_num_threads(n)
+
+
+# ------------------------------------------------------------------------------- the claims of "What each step does"
+def test_defaults_are_lora_r8_alpha8_on_the_language_models_qkvo_and_the_vision_tower_stays_frozen():
+    from mmrank.train.trainer import TrainConfig, _load_scorer, _wrap_peft
+
+    cfg = TrainConfig(model=str(tiny_model_dir("lm")), output_dir="unused", device="cpu")
+    assert (cfg.lora_r, cfg.lora_alpha, cfg.learning_rate, cfg.lr_scheduler, cfg.warmup_ratio, cfg.batch_size,
+            cfg.grad_accum, cfg.tau, cfg.lm_weight, cfg.gradient_checkpointing) == \
+        (8, 8, 1e-5, "cosine", 0.03, 4, 4, 0.1, 0.1, True)
+    scorer = _load_scorer("listwise", cfg, 3)
+    model = _wrap_peft(scorer, cfg, None)
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all(".lora_" in n for n in trainable)
+    assert all("visual" not in n.split(".") for n in trainable)
+    assert {n.split(".lora_")[0].rsplit(".", 1)[1] for n in trainable} == {"q_proj", "k_proj", "v_proj", "o_proj"}
+    assert {m.r["default"] for m in model.modules() if hasattr(m, "lora_A") and m.lora_A} == {8}
+
+
+@pytest.mark.parametrize("kind", ["listwise", "pairwise"])
+def test_training_uses_the_scorers_own_pixel_budget(kind):
+    """"Images use the scorer's pixel budget": the pairwise stage used the listwise 256·28² budget while the
+    pairwise scorer reads images at 768·28² — trained on one resolution, served at another."""
+    from mmrank import ListwiseReranker, PairwiseReranker
+    from mmrank.train.trainer import TrainConfig, _load_scorer
+
+    cfg = TrainConfig(model=str(tiny_model_dir("lm")), output_dir="unused", device="cpu")
+    trained = _load_scorer(kind, cfg, 3).vlm.processor
+    served = {"listwise": ListwiseReranker, "pairwise": PairwiseReranker}[kind](cfg.model, device="cpu").vlm.processor
+    assert (trained.min_pixels, trained.max_pixels) == (served.min_pixels, served.max_pixels)
