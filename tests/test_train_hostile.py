@@ -377,3 +377,18 @@ def test_distill_refuses_an_input_list_whose_id_the_output_holds_for_other_conte
     with pytest.raises(RecordError, match=r"line 2 \(id='train-1'\): .* already holds a record with this id"):
         distill(task["task"].oracle(), src, out, show_progress=False)
     assert len(read_records(out)) == 2
+
+
+def test_a_single_candidate_list_is_not_the_most_confident(task, tmp_path):
+    """A list of one has no ranking to be confident about: it used to get confidence 1.0, the maximum, so
+    `--top-confidence` kept exactly the lists a listwise stage cannot learn from."""
+    from mmrank.train.select import select_records
+
+    lists = [json.loads(x) for x in task["task"].train.read_text(encoding="utf-8").splitlines()[:3]]
+    lists[0]["candidates"] = lists[0]["candidates"][:1]
+    lists[0]["labels"] = {lists[0]["candidates"][0]["id"]: 1}
+    src = task["root"] / "task" / "with a single.jsonl"
+    src.write_text("".join(json.dumps(x) + "\n" for x in lists), encoding="utf-8")
+    recs = read_records(distill(task["task"].oracle(), src, tmp_path / "r.jsonl", show_progress=False))
+    assert recs[0].confidence == 0.0 and all(r.confidence == 1.0 for r in recs[1:])
+    assert [r.id for r in select_records(recs, top_confidence=2)] == [recs[1].id, recs[2].id]

@@ -155,11 +155,12 @@ def content_hash(query_text: str | None, query_image: str | None, candidates: Se
 
 def margin_confidence(scores: Sequence[float | None]) -> float:
     """The teacher's confidence in its top choice: ``(s₁ − s₂) / (max − min)`` over the scored candidates,
-    in [0, 1] (1 with fewer than two scored candidates, 0 when all scores are equal). For a listwise teacher
-    whose scores are ranks it is the constant ``1/(n−1)``: filter such records by another criterion."""
+    in [0, 1] (0 when all scores are equal, and with fewer than two scored candidates: a list of one says
+    nothing about ranking, so ``--top-confidence`` must not prefer it). For a listwise teacher whose scores
+    are ranks it is the constant ``1/(n−1)``: filter such records by another criterion."""
     xs = sorted((float(s) for s in scores if s is not None), reverse=True)
     if len(xs) < 2:
-        return 1.0
+        return 0.0
     spread = xs[0] - xs[-1]
     return 0.0 if spread <= 0 else (xs[0] - xs[1]) / spread
 
