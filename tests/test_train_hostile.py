@@ -392,3 +392,13 @@ def test_a_single_candidate_list_is_not_the_most_confident(task, tmp_path):
     recs = read_records(distill(task["task"].oracle(), src, tmp_path / "r.jsonl", show_progress=False))
     assert recs[0].confidence == 0.0 and all(r.confidence == 1.0 for r in recs[1:])
     assert [r.id for r in select_records(recs, top_confidence=2)] == [recs[1].id, recs[2].id]
+
+
+def test_output_may_not_be_the_input(task, tmp_path, capsys):
+    copy_of = tmp_path / "records.jsonl"
+    copy_of.write_text(task["records"].read_text(encoding="utf-8"), encoding="utf-8")
+    before = copy_of.read_bytes()
+    assert main(["select", str(copy_of), "-o", str(copy_of), "--top-confidence", "1"]) == 2
+    assert "is the input file" in capsys.readouterr().err and copy_of.read_bytes() == before
+    assert main(["distill", str(copy_of), "-o", str(copy_of), "--teacher-model", "unused"]) == 2
+    assert "is the input file" in capsys.readouterr().err and copy_of.read_bytes() == before

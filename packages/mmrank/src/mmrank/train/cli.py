@@ -48,9 +48,11 @@ def _cosine(text: str) -> float:
     return v
 
 
-def _output_file(path: str, flag: str = "-o/--output") -> None:
+def _output_file(path: str, source: str, flag: str = "-o/--output") -> None:
     if os.path.isdir(path):
         raise UsageError(f"{flag} {path!r} is a folder; give the JSONL file to write")
+    if os.path.exists(path) and os.path.exists(source) and os.path.samefile(path, source):
+        raise UsageError(f"{flag} {path!r} is the input file; write to another file")
 
 
 def add_commands(sub: Any) -> None:
@@ -117,7 +119,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
     from .distill import distill
     from .records import read_lists
 
-    _output_file(args.output)
+    _output_file(args.output, args.lists)
     kw: dict[str, Any] = {}
     if args.teacher_mode in ("remote", "chat"):
         if args.url:
@@ -138,7 +140,7 @@ def cmd_select(args: argparse.Namespace) -> int:
     from .records import read_records, write_records
     from .select import ClipEmbedder, select_records
 
-    _output_file(args.output)
+    _output_file(args.output, args.records)
     if (args.k is not None or args.min_similarity is not None) and not args.clip_model:
         raise UsageError("--k and --min-similarity need --clip-model (a CLIP / SigLIP checkpoint)")
     records = read_records(args.records)  # every record checked before the CLIP model is loaded

@@ -732,22 +732,26 @@ def _check_start_adapter(previous: str, model: str) -> None:
 def save_adapter(scorer: Any, model: Any, folder: Path, cfg: TrainConfig, stage: Stage) -> None:
     """The PEFT adapter plus the tokenizer / image processor files, so the folder loads by path (from any
     working folder: a local base model is named by its absolute path)."""
-    if folder.exists():
-        if not (folder / "adapter_config.json").is_file():
-            raise InputError(f"{folder} exists and is not an adapter folder; not overwriting it")
-        shutil.rmtree(folder)
-    model.save_pretrained(str(folder))
-    scorer.vlm.tokenizer.save_pretrained(str(folder))
-    scorer.vlm.processor.image_processor.save_pretrained(str(folder))
-    with open(folder / "adapter_config.json", encoding="utf-8") as f:
+    if folder.exists() and not (folder / "adapter_config.json").is_file():
+        raise InputError(f"{folder} exists and is not an adapter folder; not overwriting it")
+    tmp = folder.with_name(folder.name + ".partial")  # written whole, then moved in: a kill leaves no half adapter
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    model.save_pretrained(str(tmp))
+    scorer.vlm.tokenizer.save_pretrained(str(tmp))
+    scorer.vlm.processor.image_processor.save_pretrained(str(tmp))
+    with open(tmp / "adapter_config.json", encoding="utf-8") as f:
         conf = json.load(f)
     conf["base_model_name_or_path"] = _model_ref(str(cfg.model))
-    (folder / "adapter_config.json").write_text(json.dumps(conf, indent=2))
+    (tmp / "adapter_config.json").write_text(json.dumps(conf, indent=2))
     marker = Path(str(cfg.model)) / "MMRANK_DUMMY"
     if marker.is_file():  # random-weights base: the adapter warns the same way when it is loaded
-        shutil.copy(marker, folder / "MMRANK_DUMMY")
+        shutil.copy(marker, tmp / "MMRANK_DUMMY")
     info = {"stage": asdict(stage), "config": {k: v for k, v in asdict(cfg).items() if k != "extra_args"}}
-    (folder / "mmrank_training.json").write_text(json.dumps(info, indent=2, default=str))
+    (tmp / "mmrank_training.json").write_text(json.dumps(info, indent=2, default=str))
+    if folder.exists():
+        shutil.rmtree(folder)
+    os.replace(tmp, folder)
 
 
 def _read_val(path: str) -> list[RankList]:
