@@ -402,3 +402,32 @@ def test_output_may_not_be_the_input(task, tmp_path, capsys):
     assert "is the input file" in capsys.readouterr().err and copy_of.read_bytes() == before
     assert main(["distill", str(copy_of), "-o", str(copy_of), "--teacher-model", "unused"]) == 2
     assert "is the input file" in capsys.readouterr().err and copy_of.read_bytes() == before
+
+
+def test_any_json_value_in_any_field_is_a_record_error_or_a_record(tmp_path):
+    """Fuzz: whatever JSON sits in whichever record field, parsing ends in a Record or a RecordError that
+    names the line — never another exception (a permutation of nulls was a TypeError traceback)."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+    from mmrank.train.records import RECORD_FIELDS, Record, RecordError, parse_record
+
+    scalars = st.none() | st.booleans() | st.integers(-3, 5) | st.floats(allow_nan=True) | st.text(max_size=6)
+    values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=4)
+                          | st.dictionaries(st.sampled_from(["id", "text", "image", "d0", "x"]), inner, max_size=3),
+                          max_leaves=10)
+    good = {"id": "r", "query": {"text": "red", "image": None},
+            "candidates": [{"id": "d0", "text": "a"}, {"id": "d1", "text": "b"}],
+            "teacher_permutation": [1, 0], "teacher_scores": [0.0, 1.0], "confidence": 1.0, "teacher": {}}
+
+    @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @given(st.dictionaries(st.sampled_from(RECORD_FIELDS + ("extra",)), values, max_size=4))
+    def check(change):
+        obj = {**good, **change}
+        try:
+            rec = parse_record(json.loads(json.dumps(obj)), base_dir=tmp_path, where="f.jsonl line 7")
+        except RecordError as exc:
+            assert str(exc).startswith("f.jsonl line 7")
+        else:
+            assert isinstance(rec, Record) and sorted(rec.teacher_permutation) == list(range(len(rec.candidates)))
+
+    check()
