@@ -431,3 +431,18 @@ def test_any_json_value_in_any_field_is_a_record_error_or_a_record(tmp_path):
             assert isinstance(rec, Record) and sorted(rec.teacher_permutation) == list(range(len(rec.candidates)))
 
     check()
+
+
+@pytest.mark.xfail(strict=True, reason="root in models/loading.py (guarded_load / explain_unreachable, not train's "
+                   "files): a local folder that is not a model gets hub-download advice ('hf download runs/mine')")
+def test_loading_the_training_output_folder_points_at_the_adapter(tmp_path):
+    """A user passing `--output` (not `<output>/<stage>/adapter`) to a scorer is told to `hf download` a
+    local folder; the error should name the adapter folder(s) inside it."""
+    from mmrank.errors import ModelLoadError
+
+    out = tmp_path / "runs" / "mine"
+    (out / "mixed" / "adapter").mkdir(parents=True)
+    (out / "mixed" / "adapter" / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": str(LM)}))
+    with pytest.raises(ModelLoadError) as exc:
+        ListwiseReranker(str(out), device="cpu")
+    assert "mixed/adapter" in str(exc.value) and "hf download" not in str(exc.value)
