@@ -54,26 +54,32 @@ def distill_one(teacher: Reranker, rl: RankList, identity: dict[str, Any]) -> Re
                   teacher_scores=scores, confidence=margin_confidence(scores), teacher=identity)
 
 
-def _done_keys(out: Path) -> set[str]:
-    """Location-independent keys (:attr:`RankList.resolved_hash`) of the records already in the output; a
-    torn (unterminated) last line, as a kill mid-write leaves, is cut off first."""
+def _done_keys(out: Path) -> dict[str, tuple[str, str]]:
+    """Location-independent keys (:attr:`RankList.resolved_hash`) of the records already in the output, each
+    with its record id and where it is; a torn (unterminated) last line, as a kill mid-write leaves, is cut
+    off first."""
     if not out.exists():
-        return set()
+        return {}
     data = out.read_bytes()
     if data and not data.endswith(b"\n"):
         cut = data.rfind(b"\n") + 1
         with out.open("r+b") as f:
             f.truncate(cut)
         data = data[:cut]
-    done = set()
-    for no, line in enumerate(data.decode("utf-8").splitlines(), 1):
+    done: dict[str, tuple[str, str]] = {}
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise RecordError(f"{out}: not UTF-8 text; not a distilled records file, refusing to append to it") from None
+    for no, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:
             obj = json.loads(line)
         except json.JSONDecodeError:
             raise RecordError(f"{out} line {no}: not a distilled record; refusing to append to it") from None
-        done.add(parse_record(obj, base_dir=out.parent, where=f"{out} line {no}").resolved_hash)
+        rec = parse_record(obj, base_dir=out.parent, where=f"{out} line {no}")
+        done[rec.resolved_hash] = (rec.id, rec.where)
     return done
 
 
@@ -91,7 +97,12 @@ def distill(teacher: Reranker, lists: str | os.PathLike | list[RankList], out: s
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     done = _done_keys(out)
+    done_ids = {rid: where for rid, where in done.values()}
     todo = [rl for rl in items if rl.resolved_hash not in done]
+    for rl in todo:  # the same id with other content: the output would hold two records of that id
+        if rl.id in done_ids:
+            raise RecordError(f"{rl.where}: {out} already holds a record with this id for other content "
+                              f"({done_ids[rl.id]}); was the input edited? Distil into a new file")
     identity = teacher_identity(teacher)
     bar = None
     if show_progress:

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -36,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
-from ..inputs.documents import Document, Query
+from ..inputs.documents import Document, Query, text_problem
 
 
 class RecordError(InputError):
@@ -154,11 +155,12 @@ def content_hash(query_text: str | None, query_image: str | None, candidates: Se
 
 def margin_confidence(scores: Sequence[float | None]) -> float:
     """The teacher's confidence in its top choice: ``(s₁ − s₂) / (max − min)`` over the scored candidates,
-    in [0, 1] (1 with fewer than two scored candidates, 0 when all scores are equal). For a listwise teacher
-    whose scores are ranks it is the constant ``1/(n−1)``: filter such records by another criterion."""
+    in [0, 1] (0 when all scores are equal, and with fewer than two scored candidates: a list of one says
+    nothing about ranking, so ``--top-confidence`` must not prefer it). For a listwise teacher whose scores
+    are ranks it is the constant ``1/(n−1)``: filter such records by another criterion."""
     xs = sorted((float(s) for s in scores if s is not None), reverse=True)
     if len(xs) < 2:
-        return 1.0
+        return 0.0
     spread = xs[0] - xs[-1]
     return 0.0 if spread <= 0 else (xs[0] - xs[1]) / spread
 
@@ -173,19 +175,35 @@ def _image_ref(value: Any, where: str, what: str) -> str | None:
     if value.startswith("data:") or (len(value) > 1024 and "/" not in value[:200]) or "\n" in value:
         raise RecordError(f"{where}: {what}: inline image data is not allowed in records; write the image to a "
                           "file and give its path (or an http(s) URL)")
+    why = text_problem(value)
+    if why:
+        raise RecordError(f"{where}: {what}: image reference: {why}")
     return value
 
 
 def _text(value: Any, where: str, what: str) -> str | None:
     if value is not None and not isinstance(value, str):
         raise RecordError(f"{where}: {what}: text must be a string, got {type(value).__name__}")
+    why = text_problem(value) if value is not None else None
+    if why:  # e.g. a lone surrogate ("\ud800" in the JSON): no tokenizer takes it, and it cannot be written back
+        raise RecordError(f"{where}: {what}: {why}")
     return value
+
+
+def _id(value: Any, where: str, what: str) -> str:
+    """An id: a non-empty string or an integer (kept as its decimal string)."""
+    if isinstance(value, bool) or not isinstance(value, (str, int)) or value == "":
+        raise RecordError(f"{where}: {what} must be a non-empty string or an integer, got {value!r}")
+    why = text_problem(str(value))
+    if why:
+        raise RecordError(f"{where}: {what}: {why}")
+    return str(value)
 
 
 def _query(q: Any, where: str) -> tuple[str | None, str | None]:
     """``(text, image)`` of a list's ``query`` field (a string, or an object with text and/or image)."""
     if isinstance(q, str):
-        qt, qi = q, None
+        qt, qi = _text(q, where, "query"), None
     elif isinstance(q, dict):
         unknown = set(q) - {"text", "image"}
         if unknown:
@@ -208,7 +226,7 @@ def _candidate(c: Any, i: int, where: str) -> Candidate:
     unknown = set(c) - {"id", "text", "image"}
     if unknown:
         raise RecordError(f"{where}: {what}: unknown field(s) {sorted(unknown)}")
-    cid = str(c.get("id", i))
+    cid = _id(c["id"], where, f"{what}: id") if "id" in c else str(i)
     cand = Candidate(id=cid, text=_text(c.get("text"), where, what),
                      image=_image_ref(c.get("image"), where, f"{what} (id={cid!r})"))
     if not cand.text and cand.image is None:
@@ -241,13 +259,22 @@ def _labels(labels: Any, ids: list[str], where: str) -> dict[str, int] | None:
     return labels
 
 
+#: The fields of an input list and of a distilled record (a record is also a valid input list).
+LIST_FIELDS = ("id", "query", "candidates", "labels")
+RECORD_FIELDS = (*LIST_FIELDS, "hash", "teacher_permutation", "teacher_scores", "confidence", "teacher")
+
+
 def parse_list(obj: Any, *, base_dir: Path, where: str) -> RankList:
     """An input list (or the input part of a record) from decoded JSON; :class:`RecordError` names ``where``."""
     if not isinstance(obj, dict):
         raise RecordError(f"{where}: a record must be a JSON object, got {type(obj).__name__}")
     rid = obj.get("id")
-    if rid is not None and not isinstance(rid, (str, int)):
-        raise RecordError(f"{where}: id must be a string")
+    if rid is not None:
+        rid = _id(rid, where, "id")
+    unknown = sorted(set(obj) - set(RECORD_FIELDS))
+    if unknown:  # a misspelt field ("label", "teacher_perm") must not be silently ignored
+        raise RecordError(f"{where}{'' if rid is None else f' (id={rid!r})'}: unknown field(s) {unknown}; a "
+                          f"record has {', '.join(RECORD_FIELDS)}")
     outer = where
     if rid is not None:
         where = f"{where} (id={str(rid)!r})"
@@ -262,13 +289,14 @@ def parse_list(obj: Any, *, base_dir: Path, where: str) -> RankList:
 
 
 def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
+    """A finite JSON number (``NaN``/``Infinity``, which Python's json accepts, are not)."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def _permutation(perm: Any, n: int, where: str) -> list[int]:
     """``teacher_permutation``: a permutation of the candidate indices ``0..n-1``."""
-    if (not isinstance(perm, list) or sorted(perm) != list(range(n))
-            or any(isinstance(x, bool) or not isinstance(x, int) for x in perm)):
+    if (not isinstance(perm, list) or any(isinstance(x, bool) or not isinstance(x, int) for x in perm)
+            or sorted(perm) != list(range(n))):
         raise RecordError(f"{where}: teacher_permutation {perm!r} is not a permutation of the {n} candidate "
                           f"indices 0..{n - 1}")
     return list(perm)
@@ -279,8 +307,23 @@ def _scores(scores: Any, n: int, where: str) -> list[float | None]:
     if scores is None:
         scores = [None] * n
     if not isinstance(scores, list) or len(scores) != n or not all(s is None or _is_number(s) for s in scores):
-        raise RecordError(f"{where}: teacher_scores must be a list of {n} numbers (or nulls) in candidate order")
+        raise RecordError(f"{where}: teacher_scores must be a list of {n} finite numbers (or nulls) in candidate "
+                          "order")
     return [None if s is None else float(s) for s in scores]
+
+
+def _check_order(perm: list[int], scores: list[float | None], where: str) -> None:
+    """The permutation ranks the scored candidates best first: training reads the order from the
+    permutation and the ties from the scores, so a record where they disagree is refused, not learnt."""
+    prev: int | None = None
+    for i in perm:
+        if scores[i] is None:
+            continue
+        if prev is not None and scores[i] > scores[prev]:  # type: ignore[operator]
+            raise RecordError(f"{where}: teacher_permutation {perm} does not rank teacher_scores best first: "
+                              f"candidate {i} (score {scores[i]:g}) comes after candidate {prev} (score "
+                              f"{scores[prev]:g})")
+        prev = i
 
 
 def parse_record(obj: Any, *, base_dir: Path, where: str) -> Record:
@@ -290,9 +333,10 @@ def parse_record(obj: Any, *, base_dir: Path, where: str) -> Record:
     n = len(rl.candidates)
     perm = _permutation(obj.get("teacher_permutation"), n, where)
     scores = _scores(obj.get("teacher_scores"), n, where)
+    _check_order(perm, scores, where)
     conf = obj.get("confidence", 0.0)
     if not _is_number(conf):
-        raise RecordError(f"{where}: confidence must be a number")
+        raise RecordError(f"{where}: confidence must be a finite number, got {conf!r}")
     teacher = obj.get("teacher") or {}
     if not isinstance(teacher, dict):
         raise RecordError(f"{where}: teacher must be an object")
@@ -308,16 +352,25 @@ def parse_record(obj: Any, *, base_dir: Path, where: str) -> Record:
 def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, Any]]:
     """``(line number, decoded object)`` of each non-empty line; :class:`RecordError` for bad JSON."""
     path = Path(path)
+    if path.is_dir():
+        raise RecordError(f"{path}: is a folder, not a JSONL file")
     if not path.is_file():
         raise RecordError(f"{path}: no such file")
-    with path.open(encoding="utf-8") as f:
-        for no, line in enumerate(f, 1):
+    with path.open("rb") as f:
+        for no, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8-sig" if no == 1 else "utf-8")  # a byte-order mark is tolerated
+            except UnicodeDecodeError as exc:
+                raise RecordError(f"{path} line {no}: not UTF-8 text (byte {raw[exc.start]:#04x} at column "
+                                  f"{exc.start + 1})") from None
             if not line.strip():
                 continue
             try:
                 yield no, json.loads(line)
             except json.JSONDecodeError as exc:
                 raise RecordError(f"{path} line {no}: not valid JSON ({exc.msg})") from None
+            except RecursionError:
+                raise RecordError(f"{path} line {no}: JSON nested too deeply") from None
 
 
 def read_lists(path: str | os.PathLike, *, check_images: bool = True) -> list[RankList]:

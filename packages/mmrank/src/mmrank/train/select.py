@@ -25,7 +25,8 @@ from typing import Any
 
 import torch
 
-from .records import Record
+from ..errors import InputError
+from .records import Record, RecordError
 
 
 def greedy_max_diversity(embeddings: Any, k: int, *, start: int = 0) -> list[int]:
@@ -105,28 +106,39 @@ def record_embeddings(records: Sequence[Record], embedder: ClipEmbedder, *, qual
     record has no such pair)."""
     embs, quality = [], []
     for r in records:
-        parts = []
-        q = embedder.texts([r.query_text]) if r.query_text else None
-        if r.query_image is not None:
-            parts.append(embedder.images([r.query().load_image()]))
-        if q is not None:
-            parts.append(q)
-        docs = r.documents()
-        images = [d.load_image() for d in docs if d.has_image]
-        texts = [d.text for d in docs if d.has_text]
-        img_emb = embedder.images(images) if images else None
-        if img_emb is not None:
-            parts.append(img_emb)
-        if texts:
-            parts.append(embedder.texts(texts))
-        embs.append(torch.cat(parts).mean(0))
-        top = [i for i in r.teacher_permutation[:quality_top] if docs[i].has_image]
-        if q is not None and top:
-            ims = embedder.images([docs[i].load_image() for i in top])
-            quality.append(float((ims @ q[0]).mean()))
-        else:
-            quality.append(None)
+        try:
+            emb, q = _record_embedding(r, embedder, quality_top)
+        except (InputError, OSError) as exc:  # an image that cannot be read: name the record
+            if isinstance(exc, RecordError):
+                raise
+            raise RecordError(f"{r.where}: {exc}") from exc
+        embs.append(emb)
+        quality.append(q)
     return torch.stack(embs), quality
+
+
+def _record_embedding(r: Record, embedder: ClipEmbedder, quality_top: int) -> tuple[torch.Tensor, float | None]:
+    """One record's diversity embedding and quality similarity (see :func:`record_embeddings`)."""
+    parts = []
+    q = embedder.texts([r.query_text]) if r.query_text else None
+    if r.query_image is not None:
+        parts.append(embedder.images([r.query().load_image()]))
+    if q is not None:
+        parts.append(q)
+    docs = r.documents()
+    images = [d.load_image() for d in docs if d.has_image]
+    texts = [d.text for d in docs if d.has_text]
+    img_emb = embedder.images(images) if images else None
+    if img_emb is not None:
+        parts.append(img_emb)
+    if texts:
+        parts.append(embedder.texts(texts))
+    top = [i for i in r.teacher_permutation[:quality_top] if docs[i].has_image]
+    quality = None
+    if q is not None and top:
+        ims = embedder.images([docs[i].load_image() for i in top])
+        quality = float((ims @ q[0]).mean())
+    return torch.cat(parts).mean(0), quality
 
 
 def select_records(records: Sequence[Record], *, k: int | None = None, top_confidence: int | None = None,
@@ -134,6 +146,9 @@ def select_records(records: Sequence[Record], *, k: int | None = None, top_confi
                    quality_top: int = 1) -> list[Record]:
     """Filter by quality, keep the most confident, then pick ``k`` diverse records (Algorithm 1).
     Returns the records in selection order. ``embedder`` is needed for ``min_similarity`` and ``k``."""
+    for name, v in (("k", k), ("top_confidence", top_confidence), ("quality_top", quality_top)):
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+            raise InputError(f"{name} must be a positive integer, got {v!r}")
     items = list(records)
     emb = quality = None
     if (min_similarity is not None or k is not None) and items:

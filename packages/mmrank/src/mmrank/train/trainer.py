@@ -35,8 +35,10 @@ path in every mmrank scorer) and resumable Trainer checkpoints under ``<output>/
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import math
 import os
 import random
 import shutil
@@ -82,8 +84,19 @@ class Stage:
             raise InputError(f"stage {self.name!r}: unknown modality {self.modality!r}; use one of {MODALITIES}")
         if not self.train:
             raise InputError(f"stage {self.name!r}: no training records given")
-        if not self.name or "/" in self.name or self.name.startswith("."):
+        if not self.name or "/" in self.name or "\\" in self.name or self.name.startswith("."):
             raise InputError(f"stage name {self.name!r} must be a plain folder name")
+        if not isinstance(self.max_steps, int) or isinstance(self.max_steps, bool) or not (
+                self.max_steps == -1 or self.max_steps >= 1):
+            raise InputError(f"stage {self.name!r}: max_steps must be >= 1 (or -1: train for `epochs`), got "
+                             f"{self.max_steps!r}")
+        if self.max_steps == -1 and not (isinstance(self.epochs, (int, float)) and math.isfinite(self.epochs)
+                                         and self.epochs > 0):
+            raise InputError(f"stage {self.name!r}: epochs must be a number > 0, got {self.epochs!r}")
+        if self.learning_rate is not None and not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
+            raise InputError(f"stage {self.name!r}: learning_rate must be > 0, got {self.learning_rate!r}")
+        if self.batch_size is not None and not (isinstance(self.batch_size, int) and self.batch_size >= 1):
+            raise InputError(f"stage {self.name!r}: batch_size must be >= 1, got {self.batch_size!r}")
 
 
 #: The paper's progressive curriculum (section 3.5): names, kinds and modalities of the four stages.
@@ -114,8 +127,10 @@ class TrainConfig:
     window_size: int = 20
     pairwise_top: int = 1
     max_passage_words: int | None = 300
-    min_pixels: int | None = 3136
-    max_pixels: int | None = 256 * 28 * 28
+    #: per-image pixel budget; None: the stage's scorer's own default (what inference uses), i.e. 56²..256·28²
+    #: for listwise and 56²..768·28² (jina-reranker-m0's) for pairwise
+    min_pixels: int | None = None
+    max_pixels: int | None = None
     gradient_checkpointing: bool = True
     load_in_8bit: bool = False
     bf16: bool | None = None  # None: on CUDA when supported
@@ -127,6 +142,28 @@ class TrainConfig:
     resume: bool = True
     save_total_limit: int = 2
     extra_args: dict[str, Any] = field(default_factory=dict)
+
+    def check(self) -> None:
+        """Refuse values that would fail deep inside transformers / peft, or train nothing."""
+        def positive(name: str, integer: bool = True, allow_zero: bool = False) -> None:
+            v = getattr(self, name)
+            ok = (isinstance(v, int) and not isinstance(v, bool)) if integer else (
+                isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v))
+            if not ok or v < 0 or (v == 0 and not allow_zero):
+                raise InputError(f"{name} must be {'>= 0' if allow_zero else '> 0'}"
+                                 f"{' (an integer)' if integer else ''}, got {v!r}")
+
+        for name in ("lora_r", "lora_alpha", "batch_size", "grad_accum", "pairwise_top"):
+            positive(name)
+        for name in ("learning_rate", "tau"):
+            positive(name, integer=False)
+        for name in ("rank_weight", "lm_weight", "weight_decay", "warmup_ratio", "lora_dropout"):
+            positive(name, integer=False, allow_zero=True)
+        if not isinstance(self.window_size, int) or self.window_size < 2:
+            raise InputError(f"window_size must be an integer >= 2 (a window ranks at least 2 documents), got "
+                             f"{self.window_size!r}")
+        if self.rank_weight == 0 and self.lm_weight == 0:
+            raise InputError("rank_weight and lm_weight are both 0: nothing to train")
 
 
 # ---------------------------------------------------------------------------------------------- data
@@ -351,7 +388,11 @@ def _load_scorer(kind: str, cfg: TrainConfig, window_size: int) -> Any:
     from ..scorers.listwise import ListwiseReranker
     from ..scorers.pairwise import PairwiseReranker
 
-    common = dict(device=cfg.device, min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels, on_error="raise")
+    common: dict[str, Any] = dict(device=cfg.device, on_error="raise")
+    if cfg.min_pixels is not None:
+        common["min_pixels"] = cfg.min_pixels
+    if cfg.max_pixels is not None:
+        common["max_pixels"] = cfg.max_pixels
     if kind == "listwise":
         return ListwiseReranker(cfg.model, mode="single_pass", identifiers="letters", window_size=window_size,
                                 step=max(1, window_size // 2), max_passage_words=cfg.max_passage_words, **common)
@@ -389,9 +430,22 @@ def _wrap_peft(scorer: Any, cfg: TrainConfig, previous: str | None) -> Any:
         pm = get_peft_model(model, LoraConfig(
             r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
             target_modules=_language_targets(model, cfg.target_modules),
-            modules_to_save=list(cfg.modules_to_save) if cfg.modules_to_save else None, task_type="CAUSAL_LM"))
+            modules_to_save=_modules_to_save(model, cfg.modules_to_save), task_type="CAUSAL_LM"))
     vlm.model = pm
     return pm
+
+
+def _modules_to_save(model: Any, names: Sequence[str] | None) -> list[str] | None:
+    """``names`` when each is the last part of some module's name (peft would silently train none of a name
+    that matches nothing)."""
+    if not names:
+        return None
+    have = {n.split(".")[-1] for n, _ in model.named_modules()}
+    missing = [n for n in names if n not in have]
+    if missing:
+        raise InputError(f"modules_to_save: no module named {missing} in {type(model).__name__} (e.g. lm_head, "
+                         "embed_tokens)")
+    return list(names)
 
 
 def _language_targets(model: Any, names: Sequence[str]) -> list[str]:
@@ -407,21 +461,75 @@ def _language_targets(model: Any, names: Sequence[str]) -> list[str]:
 
 # ---------------------------------------------------------------------------------------------- stages
 def _stage_records(stage: Stage) -> list[Any]:
-    """The stage's training records, only those of its modality unless it is ``"any"``."""
+    """The stage's training records, only those of its modality unless it is ``"any"``; a listwise stage skips
+    single-candidate lists (nothing to rank; counted in a warning). Every local image is opened first, so an
+    unreadable one stops the stage before training, naming the record."""
     records = read_records(stage.train)  # type: ignore[arg-type]
     if stage.modality != "any":
         records = [r for r in records if r.modality == stage.modality]
         if not records:
             raise InputError(f"stage {stage.name!r}: no {stage.modality} records in {stage.train}")
+    if stage.kind == "listwise":
+        single = [r for r in records if len(r.candidates) < 2]
+        if single:
+            logger.warning("mmrank train: stage %s: skipped %d record(s) with a single candidate (nothing to "
+                           "rank), the first at %s", stage.name, len(single), single[0].where)
+            records = [r for r in records if len(r.candidates) >= 2]
+            if not records:
+                raise InputError(f"stage {stage.name!r}: every record in {stage.train} has a single candidate; "
+                                 "a listwise stage needs lists of 2 or more")
+    check_images_readable(records)
     return records
+
+
+def check_images_readable(lists: Sequence[RankList]) -> None:
+    """Open every local image of ``lists`` (header and integrity, not the pixels): a file that is not an image
+    is a :class:`RecordError` naming the record, before hours of training rather than in the middle."""
+    from PIL import Image
+
+    seen: set[str] = set()
+    for rl in lists:
+        refs = [("query", rl.query_image)] + [(f"candidate {i} (id={c.id!r})", c.image)
+                                               for i, c in enumerate(rl.candidates)]
+        for what, ref in refs:
+            path = rl.resolve(ref)
+            if path is None or path.startswith(("http://", "https://")) or path in seen:
+                continue
+            try:
+                with Image.open(path) as im:
+                    im.verify()
+            except Exception as exc:  # noqa: BLE001 - PIL raises many kinds for a bad file
+                raise RecordError(f"{rl.where}: {what}: image file {path!r} cannot be read: "
+                                  f"{exc.__class__.__name__}: {exc}") from None
+            seen.add(path)
+
+
+def _naming_the_record(encode: Callable[[list[Any]], dict[str, Any]]) -> Callable[[list[Any]], dict[str, Any]]:
+    """``encode`` whose errors name the record at fault (a batch that fails is re-encoded one example at a
+    time to find it; only on the error path)."""
+    def collate(batch: list[Any]) -> dict[str, Any]:
+        try:
+            return encode(batch)
+        except (InputError, OSError) as exc:
+            if isinstance(exc, RecordError):
+                raise
+            for ex in batch:
+                try:
+                    encode([ex])
+                except (InputError, OSError) as one:
+                    raise RecordError(f"{ex.record.where}: {one}") from one
+            raise
+
+    return collate
 
 
 def _examples(stage: Stage, cfg: TrainConfig, scorer: Any, records: list[Any],
               window: int) -> tuple[list[Any], Callable[[list[Any]], dict[str, Any]]]:
     """The stage's training examples and the collate function that encodes a batch of them."""
     if stage.kind == "listwise":
-        return listwise_examples(records, window), lambda batch: encode_listwise(scorer, batch)
-    return pairwise_examples(records, cfg.pairwise_top), lambda batch: encode_pairwise(scorer, batch)
+        return listwise_examples(records, window), _naming_the_record(lambda batch: encode_listwise(scorer, batch))
+    return (pairwise_examples(records, cfg.pairwise_top),
+            _naming_the_record(lambda batch: encode_pairwise(scorer, batch)))
 
 
 def _training_arguments(stage: Stage, cfg: TrainConfig, ckpt_dir: Path, has_val: bool) -> Any:
@@ -441,27 +549,60 @@ def _training_arguments(stage: Stage, cfg: TrainConfig, ckpt_dir: Path, has_val:
         save_steps=cfg.eval_steps, save_total_limit=cfg.save_total_limit, load_best_model_at_end=has_val,
         metric_for_best_model="ndcg@10" if has_val else None, greater_is_better=True,
         remove_unused_columns=False, report_to=[], bf16=bf16, use_cpu=not cuda,
-        gradient_checkpointing=cfg.gradient_checkpointing,
-        gradient_checkpointing_kwargs={"use_reentrant": False} if cfg.gradient_checkpointing else None,
-        seed=cfg.seed, dataloader_num_workers=0, disable_tqdm=True, **cfg.extra_args)
+        seed=cfg.seed, dataloader_num_workers=0, disable_tqdm=True, **_checkpointing_args(cfg), **cfg.extra_args)
 
 
-def train_stage(stage: Stage, cfg: TrainConfig, previous: str | None = None) -> Path:
-    """Train one stage; return the folder of its adapter (``<output>/<stage>/adapter``)."""
+def _checkpointing_args(cfg: TrainConfig) -> dict[str, Any]:
+    """Gradient checkpointing under the name this transformers uses (``activation_checkpointing`` from 5.x,
+    where ``gradient_checkpointing`` is deprecated)."""
+    from transformers import TrainingArguments
+
+    name = ("activation_checkpointing" if "activation_checkpointing" in TrainingArguments.__dataclass_fields__
+            else "gradient_checkpointing")
+    return {name: cfg.gradient_checkpointing,
+            f"{name}_kwargs": {"use_reentrant": False} if cfg.gradient_checkpointing else None}
+
+
+def train_stage(stage: Stage, cfg: TrainConfig, previous: str | None = None, *, overwrite: bool = False) -> Path:
+    """Train one stage; return the folder of its adapter (``<output>/<stage>/adapter``).
+
+    ``<output>/<stage>/mmrank_stage.json`` records what the stage is trained from (base model, settings,
+    a digest of its records, validation lists and starting adapter). A rerun with the same inputs skips a
+    finished stage and resumes an interrupted one from its last complete checkpoint (a checkpoint torn by a
+    kill while it was written is removed); a rerun with different inputs is refused, naming what changed,
+    unless ``overwrite`` (then the stage folder is deleted and the stage trained afresh)."""
     from transformers import EarlyStoppingCallback
 
     stage.check()
+    cfg.check()
+    out_dir = Path(cfg.output_dir) / stage.name
+    ckpt_dir = out_dir / "checkpoints"
+    adapter = out_dir / "adapter"
     records = _stage_records(stage)
     val = None
     if stage.val:
         val = _read_val(stage.val)
+        check_images_readable(val)
+    identity = _stage_identity(stage, cfg, previous)
+    length = {"max_steps": stage.max_steps, "epochs": stage.epochs}
+    state = _prepare_stage_folder(out_dir, identity, overwrite=overwrite)
+    if state is not None and state.get("finished") == length and (adapter / "adapter_config.json").is_file():
+        logger.warning("mmrank train: stage %s is already trained in %s (same base, settings and data); "
+                       "skipping it (--overwrite trains it again)", stage.name, out_dir)
+        return adapter
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _write_json(out_dir / STAGE_STATE, {"identity": identity, "finished": None})
+    if not cfg.resume and ckpt_dir.exists():
+        shutil.rmtree(ckpt_dir)  # a fresh start must not mix its checkpoints with an earlier run's
+    resume_from = _last_complete_checkpoint(ckpt_dir)
+
+    if previous:
+        _check_start_adapter(previous, cfg.model)
     window = min(cfg.window_size, max(len(r.candidates) for r in records))
     scorer = _load_scorer(stage.kind, cfg, window)
     model = _wrap_peft(scorer, cfg, previous)
     items, collate = _examples(stage, cfg, scorer, records, window)
 
-    out_dir = Path(cfg.output_dir) / stage.name
-    ckpt_dir = out_dir / "checkpoints"
     has_val = bool(val)
     args = _training_arguments(stage, cfg, ckpt_dir, has_val)
     callbacks = []
@@ -473,31 +614,144 @@ def train_stage(stage: Stage, cfg: TrainConfig, previous: str | None = None) -> 
                                eval_dataset=_ListDataset(val or [None]), data_collator=collate,
                                callbacks=callbacks, mmrank_scorer=scorer, mmrank_kind=stage.kind,
                                mmrank_config=cfg, mmrank_val=val)
-    resume = cfg.resume and ckpt_dir.is_dir() and any(ckpt_dir.glob("checkpoint-*"))
-    trainer.train(resume_from_checkpoint=True if resume else None)
-    adapter = out_dir / "adapter"
+    if resume_from is not None:
+        logger.warning("mmrank train: stage %s resumes from %s", stage.name, resume_from)
+    trainer.train(resume_from_checkpoint=str(resume_from) if resume_from is not None else None)
     save_adapter(scorer, model, adapter, cfg, stage)
     (out_dir / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=1))
     scorer.close()
+    _write_json(out_dir / STAGE_STATE, {"identity": identity, "finished": length})
     return adapter
 
 
+#: the file in ``<output>/<stage>`` that says what the stage was trained from (resume / skip / refuse)
+STAGE_STATE = "mmrank_stage.json"
+#: settings a resumed stage may change: where it runs and how it logs, not what it learns
+_RESUMABLE = ("output_dir", "device", "logging_steps", "resume", "save_total_limit", "early_stopping_patience")
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True, default=str))
+    os.replace(tmp, path)
+
+
+def _digest(path: str | os.PathLike | None) -> str | None:
+    if path is None:
+        return None
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return "sha256:" + h.hexdigest()
+
+
+def _model_ref(model: str) -> str:
+    """A local model folder as its absolute path (the same model from another working folder, and what an
+    adapter must name to load from anywhere); a hub id as it is."""
+    return os.path.abspath(model) if os.path.isdir(model) else str(model)
+
+
+def _stage_identity(stage: Stage, cfg: TrainConfig, previous: str | None) -> dict[str, Any]:
+    """What a stage's checkpoints depend on: the base, the settings, the data and the starting adapter."""
+    conf = {k: v for k, v in asdict(cfg).items() if k not in _RESUMABLE}
+    conf["model"] = _model_ref(str(cfg.model))
+    conf = json.loads(json.dumps(conf, sort_keys=True, default=str))
+    st = {k: v for k, v in asdict(stage).items() if k not in ("max_steps", "epochs", "train", "val")}
+    st["train"] = _digest(stage.train)
+    st["val"] = _digest(stage.val)
+    start = None
+    if previous:
+        weights = [p for p in sorted(Path(previous).glob("adapter_model.*")) if p.is_file()]
+        start = _digest(weights[0]) if weights else os.path.abspath(previous)
+    return {"config": conf, "stage": st, "start_adapter": start}
+
+
+def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = []
+        for k in sorted(set(old) | set(new)):
+            out += _differences(old.get(k), new.get(k), f"{prefix}{k}.")
+        return out
+    return [] if old == new else [f"{prefix[:-1]}: {old!r} -> {new!r}"]
+
+
+def _prepare_stage_folder(out_dir: Path, identity: dict[str, Any], *, overwrite: bool) -> dict[str, Any] | None:
+    """The stage folder's saved state when it belongs to this very stage; None when there is none (or it was
+    deleted by ``overwrite``); an :class:`InputError` when it holds another run."""
+    state_file = out_dir / STAGE_STATE
+    ckpts = out_dir / "checkpoints"
+    work = (ckpts.is_dir() and any(ckpts.iterdir())) or (out_dir / "adapter").is_dir()
+    if not work:  # nothing trained here yet (at most the state of a run that stopped before its first step)
+        return None
+    if overwrite:
+        shutil.rmtree(out_dir)
+        return None
+    try:
+        state = json.loads(state_file.read_text(encoding="utf-8"))
+        old = state["identity"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise InputError(f"{out_dir} holds checkpoints or an adapter but no readable {STAGE_STATE} (another tool, "
+                         "or an older mmrank): use another --output, or --overwrite to train this stage afresh") from None
+    diff = _differences(old, identity)
+    if diff:
+        shown = "; ".join(diff[:4]) + (f"; and {len(diff) - 4} more" if len(diff) > 4 else "")
+        raise InputError(f"{out_dir} holds a run of this stage with other inputs ({shown}); use another --output, "
+                         "or --overwrite to train this stage afresh")
+    return state
+
+
+def _last_complete_checkpoint(ckpt_dir: Path) -> Path | None:
+    """The newest ``checkpoint-N`` that was written to the end (the Trainer writes ``trainer_state.json``
+    last); torn ones — a kill while saving — are deleted, so the resumed run can save that step again."""
+    if not ckpt_dir.is_dir():
+        return None
+    found = []
+    for p in ckpt_dir.glob("checkpoint-*"):
+        step = p.name.split("-", 1)[1]
+        if not p.is_dir() or not step.isdigit():
+            continue
+        if (p / "trainer_state.json").is_file():
+            found.append((int(step), p))
+        else:
+            logger.warning("mmrank train: removing %s, a checkpoint left incomplete by an interrupted run", p)
+            shutil.rmtree(p)
+    return max(found)[1] if found else None
+
+
+def _check_start_adapter(previous: str, model: str) -> None:
+    from ..models.vlm import adapter_base, is_adapter_folder
+
+    if not is_adapter_folder(previous):
+        raise InputError(f"start adapter {previous!r} is not an adapter folder (no adapter_config.json)")
+    base = adapter_base(previous)
+    if _model_ref(base) != _model_ref(str(model)):
+        logger.warning("mmrank train: the start adapter %s was trained on %s, not on %s", previous, base, model)
+
+
 def save_adapter(scorer: Any, model: Any, folder: Path, cfg: TrainConfig, stage: Stage) -> None:
-    """The PEFT adapter plus the tokenizer / image processor files, so the folder loads by path."""
-    if folder.exists():
-        shutil.rmtree(folder)
-    model.save_pretrained(str(folder))
-    scorer.vlm.tokenizer.save_pretrained(str(folder))
-    scorer.vlm.processor.image_processor.save_pretrained(str(folder))
-    with open(folder / "adapter_config.json", encoding="utf-8") as f:
+    """The PEFT adapter plus the tokenizer / image processor files, so the folder loads by path (from any
+    working folder: a local base model is named by its absolute path)."""
+    if folder.exists() and not (folder / "adapter_config.json").is_file():
+        raise InputError(f"{folder} exists and is not an adapter folder; not overwriting it")
+    tmp = folder.with_name(folder.name + ".partial")  # written whole, then moved in: a kill leaves no half adapter
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    model.save_pretrained(str(tmp))
+    scorer.vlm.tokenizer.save_pretrained(str(tmp))
+    scorer.vlm.processor.image_processor.save_pretrained(str(tmp))
+    with open(tmp / "adapter_config.json", encoding="utf-8") as f:
         conf = json.load(f)
-    conf["base_model_name_or_path"] = str(cfg.model)
-    (folder / "adapter_config.json").write_text(json.dumps(conf, indent=2))
+    conf["base_model_name_or_path"] = _model_ref(str(cfg.model))
+    (tmp / "adapter_config.json").write_text(json.dumps(conf, indent=2))
     marker = Path(str(cfg.model)) / "MMRANK_DUMMY"
     if marker.is_file():  # random-weights base: the adapter warns the same way when it is loaded
-        shutil.copy(marker, folder / "MMRANK_DUMMY")
+        shutil.copy(marker, tmp / "MMRANK_DUMMY")
     info = {"stage": asdict(stage), "config": {k: v for k, v in asdict(cfg).items() if k != "extra_args"}}
-    (folder / "mmrank_training.json").write_text(json.dumps(info, indent=2, default=str))
+    (tmp / "mmrank_training.json").write_text(json.dumps(info, indent=2, default=str))
+    if folder.exists():
+        shutil.rmtree(folder)
+    os.replace(tmp, folder)
 
 
 def _read_val(path: str) -> list[RankList]:
@@ -512,8 +766,10 @@ def _read_val(path: str) -> list[RankList]:
     return lists
 
 
-def train_curriculum(stages: Sequence[Stage], cfg: TrainConfig, *, start_adapter: str | None = None) -> Path:
-    """Run the stages in order, each from the previous stage's adapter; return the last adapter folder."""
+def train_curriculum(stages: Sequence[Stage], cfg: TrainConfig, *, start_adapter: str | None = None,
+                     overwrite: bool = False) -> Path:
+    """Run the stages in order, each from the previous stage's adapter; return the last adapter folder. A rerun
+    skips finished stages and resumes an interrupted one (see :func:`train_stage`)."""
     if not stages:
         raise InputError("no stages to train")
     names = [s.name for s in stages]
@@ -521,24 +777,51 @@ def train_curriculum(stages: Sequence[Stage], cfg: TrainConfig, *, start_adapter
         raise InputError(f"stage names must be unique, got {names}")
     for s in stages:
         s.check()
+    cfg.check()
     previous = start_adapter
     for s in stages:
         random.seed(cfg.seed)
         torch.manual_seed(cfg.seed)
-        previous = str(train_stage(s, cfg, previous))
+        previous = str(train_stage(s, cfg, previous, overwrite=overwrite))
         logger.info("mmrank train: stage %s done -> %s", s.name, previous)
     return Path(previous)  # type: ignore[arg-type]
 
 
-def merge_adapter(adapter: str | os.PathLike, out: str | os.PathLike) -> Path:
-    """Merge a trained adapter into its base model and save a plain checkpoint (loads like any model)."""
-    from ..models.vlm import InstructVLM
+MERGED_MARKER = "mmrank_merged_from.txt"
 
-    vlm = InstructVLM(str(adapter), device="cpu", dtype="float32")
+
+def merge_adapter(adapter: str | os.PathLike, out: str | os.PathLike) -> Path:
+    """Merge a trained adapter into its base model and save a plain checkpoint (loads like any model), in the
+    base checkpoint's dtype. ``out`` must be new (or empty, or an earlier merge, which is replaced whole: no
+    stale weight shard of it survives)."""
+    from transformers import AutoConfig
+
+    from ..models.vlm import InstructVLM, adapter_base
+
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    vlm.model.save_pretrained(str(out))
-    vlm.tokenizer.save_pretrained(str(out))
-    vlm.processor.image_processor.save_pretrained(str(out))
-    (out / "mmrank_merged_from.txt").write_text(str(Path(adapter).resolve()) + "\n")
+    if out.exists():
+        if not out.is_dir():
+            raise InputError(f"--merge {out}: exists and is not a folder")
+        if any(out.iterdir()) and not (out / MERGED_MARKER).is_file():
+            raise InputError(f"--merge {out}: the folder exists and holds files that no earlier merge wrote; "
+                             "give a new folder")
+    base = adapter_base(str(adapter))
+    dtype = getattr(AutoConfig.from_pretrained(base), "dtype", None)
+    if isinstance(dtype, str):
+        dtype = getattr(torch, dtype, None)
+    vlm = InstructVLM(str(adapter), device="cpu", dtype="float32")
+    model = vlm.model
+    if isinstance(dtype, torch.dtype) and dtype != torch.float32:
+        model = model.to(dtype)
+    tmp = out.with_name(out.name + ".partial")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    model.save_pretrained(str(tmp))
+    vlm.tokenizer.save_pretrained(str(tmp))
+    vlm.processor.image_processor.save_pretrained(str(tmp))
+    (tmp / MERGED_MARKER).write_text(str(Path(adapter).resolve()) + "\n")
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(tmp, out)
     return out
