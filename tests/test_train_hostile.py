@@ -433,8 +433,6 @@ def test_any_json_value_in_any_field_is_a_record_error_or_a_record(tmp_path):
     check()
 
 
-@pytest.mark.xfail(strict=True, reason="root in models/loading.py (guarded_load / explain_unreachable, not train's "
-                   "files): a local folder that is not a model gets hub-download advice ('hf download runs/mine')")
 def test_loading_the_training_output_folder_points_at_the_adapter(tmp_path):
     """A user passing `--output` (not `<output>/<stage>/adapter`) to a scorer is told to `hf download` a
     local folder; the error should name the adapter folder(s) inside it."""

@@ -112,6 +112,8 @@ def explain_unreachable(model: str, exc: BaseException, *, hub_problem: str | No
     if is_path and not os.path.isdir(os.path.expanduser(model)):
         return ModelLoadError(f"model path {model!r} does not exist or is not a directory. Pass the folder that "
                               "holds config.json, the *.safetensors weights and the tokenizer files.")
+    if os.path.isdir(os.path.expanduser(model)):
+        return _not_a_model_folder(model, exc)
     lines = [f"could not load model {model!r}: {exc.__class__.__name__}: {exc}"]
     if offline:
         lines.append("HF_HUB_OFFLINE is set, so only the local Hugging Face cache was searched.")
@@ -128,6 +130,33 @@ def explain_unreachable(model: str, exc: BaseException, *, hub_problem: str | No
         "For a smoke test without weights, use load_format='dummy' (random weights of the real architecture; "
         "its scores mean nothing).")
     return ModelLoadError("\n".join(lines))
+
+
+_MODEL_FILES = ("config.json", "adapter_config.json")
+
+
+def _not_a_model_folder(model: str, exc: BaseException) -> ModelLoadError:
+    """A local folder that could not be loaded: what it lacks, and the model folders found inside it (a
+    training run's ``--output`` holds one adapter folder per stage)."""
+    root = os.path.expanduser(model)
+    if any(os.path.isfile(os.path.join(root, f)) for f in _MODEL_FILES):
+        return ModelLoadError(f"could not load the model in folder {model!r}: {exc.__class__.__name__}: {exc}")
+    inside = []
+    for here, dirs, files in os.walk(root):
+        dirs.sort()
+        if os.path.relpath(here, root).count(os.sep) >= 3:
+            dirs[:] = []
+        if any(f in files for f in _MODEL_FILES) and here != root:
+            inside.append(os.path.relpath(here, root))
+        if len(inside) >= 8:
+            break
+    msg = f"folder {model!r} holds no model (no config.json nor adapter_config.json)."
+    if inside:
+        sub = "\n".join(f"    {os.path.join(model, d)}" for d in inside)
+        msg += f" These folders inside it do — pass one of them (a training run's last stage is usually what you want):\n{sub}"
+    else:
+        msg += " Pass the folder that holds config.json, the *.safetensors weights and the tokenizer files."
+    return ModelLoadError(msg)
 
 
 def guarded_load(model: str, fn: Callable[[], T]) -> T:
