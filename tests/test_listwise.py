@@ -263,6 +263,24 @@ def test_dummy_load_format_runs_random_architecture(capsys):
     assert sorted(d.index for d in r.rank(QUERY, ["a", "b", "c", "d"])) == [0, 1, 2, 3]
 
 
+def test_a_small_window_without_a_step_walks_half_a_window_at_a_time():
+    """RankGPT's 20/10 for any window: window_size=4 alone works (the step used to stay 10, over the window,
+    and was refused); an explicit step is kept."""
+    from mmrank import ChatReranker
+
+    seen = []
+    r = ListwiseReranker("tiny", load_format="dummy", device="cpu", mode="single_pass", window_size=4)
+    orig = r._rank_window
+    r._rank_window = lambda query, docs, template: seen.append(len(docs)) or orig(query, docs, template)
+    out = r.rank(QUERY, [f"passage {i}" for i in range(8)])
+    assert sorted(d.index for d in out) == list(range(8))
+    assert r.step == 2 and seen == [4, 4, 4]  # [4,8) [2,6) [0,4)
+    assert ListwiseReranker("tiny", load_format="dummy", device="cpu", mode="single_pass", window_size=4,
+                            step=1).step == 1
+    assert ChatReranker("http://127.0.0.1:9/v1", "m", window_size=5).step == 2
+    assert ChatReranker("http://127.0.0.1:9/v1", "m").step == 10
+
+
 @pytest.mark.parametrize("limit", [None, 3, 300])
 def test_passage_whitespace_is_collapsed_whether_or_not_the_passage_is_cut(limit):
     """Issue 11 class 9: newlines, tabs and runs of spaces in a passage read the same with or without a cut."""

@@ -186,7 +186,7 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     lw.add_argument("--listwise-mode", default=None, choices=["generate", "single_pass"],
                     help="generate the [] > [] ordering (default) or rank from the first token's logits (FIRST)")
     lw.add_argument("--window-size", type=_positive_int, default=None, help="candidates per window (default 20)")
-    lw.add_argument("--step", type=_positive_int, default=None, help="window step (default 10)")
+    lw.add_argument("--step", type=_positive_int, default=None, help="window step (default: half the window, 10 for 20)")
 
 
 def scorer_kwargs(args: argparse.Namespace) -> dict[str, Any]:

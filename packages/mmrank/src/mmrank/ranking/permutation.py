@@ -35,6 +35,13 @@ __all__ = [
 LETTERS = tuple(string.ascii_uppercase)
 
 
+def default_step(window: int, step: int | None) -> int:
+    """``step`` as given, or half the window (at least 1) when ``None`` — RankGPT's 20/10, for any window."""
+    if step is None:
+        return max(1, window // 2) if isinstance(window, int) and not isinstance(window, bool) else 10
+    return step
+
+
 def sliding_windows(n: int, window: int, step: int) -> list[tuple[int, int]]:
     """The ``[start, end)`` windows of a RankGPT walk over ``n`` candidates, in the order they are ranked.
 

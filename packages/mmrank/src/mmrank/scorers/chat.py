@@ -89,6 +89,7 @@ from ..inputs.documents import Document, Query
 from ..inputs.images import DEFAULT_POLICY, ImagePolicy, check_url_host, resolve_source
 from ..models.options import LISTWISE_MAX_PIXELS, MAX_PIXELS, MIN_PIXELS
 from ..ranking.permutation import (
+    default_step,
     format_ranking,
     make_identifiers,
     parse_permutation,
@@ -335,7 +336,7 @@ class ChatReranker(Reranker):
         method: ``"listwise"`` or ``"pairwise"`` (see the module docstring).
         mode: listwise only — ``"generate"`` or ``"single_pass"``.
         window_size: candidates per listwise window (RankGPT default 20), as for the local scorer.
-        step: how far the window moves towards the front (default 10).
+        step: how far the window moves towards the front (default: half the window, 10 for 20).
         identifiers: ``"auto"`` (numbers for generate, letters for single pass), ``"numbers"``,
             ``"letters"`` or a list of strings. Single pass needs identifiers that begin with distinct
             characters (the engine's tokenizer is unknown here): numbers allow windows of at most 9.
@@ -371,7 +372,7 @@ class ChatReranker(Reranker):
     supports_image_documents = True
 
     def __init__(self, url: str = DEFAULT_URL, model: str | None = None, *, method: Method = "listwise",
-                 mode: Mode = "generate", window_size: int = 20, step: int = 10,
+                 mode: Mode = "generate", window_size: int = 20, step: int | None = None,
                  identifiers: str | Sequence[str] = "auto", prompt: str | ListwisePrompt = "auto",
                  max_passage_words: int | None = 300, max_new_tokens: int | None = None,
                  pairwise_prompt: str | PairwisePrompt = PAIRWISE_PROMPT, max_doc_words: int | None = 1024,
@@ -390,6 +391,7 @@ class ChatReranker(Reranker):
         _check_counts(max_new_tokens=max_new_tokens, max_passage_words=max_passage_words,
                       max_doc_words=max_doc_words, max_query_words=max_query_words, top_logprobs=top_logprobs)
         min_pixels, max_pixels = images.pixel_budget(method)
+        step = default_step(window_size, step)
         sliding_windows(0, window_size, step)  # validates window_size and step
         if model is not None and (not isinstance(model, str) or not model.strip()):
             raise InputError(f"model must be a non-empty string (the served model name), got {model!r}")

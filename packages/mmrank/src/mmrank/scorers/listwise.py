@@ -44,6 +44,7 @@ from ..models.options import LISTWISE_MAX_PIXELS, MIN_PIXELS, LoadOptions
 from ..models.vlm import DEFAULT_INSTRUCT_MODEL, InstructVLM
 from ..ranking.completion import answer_complete
 from ..ranking.permutation import (
+    default_step,
     format_ranking,
     make_identifiers,
     parse_permutation,
@@ -92,7 +93,7 @@ class ListwiseReranker(VLMImageCheck, Reranker):
             (Qwen2-VL, Qwen2.5-VL, Qwen3-VL). Default ``Qwen/Qwen2-VL-2B-Instruct`` — Rank-Nexus itself has
             no public checkpoint; any fine-tuned listwise VLM of these families drops in.
         window_size: candidates per sliding window (RankGPT default 20), walked from the end to the front.
-        step: how far the window moves each time (RankGPT default 10).
+        step: how far the window moves each time (default: half the window, RankGPT's 10 for 20).
         mode: ``"generate"`` (parse the generated ``[] > []`` answer) or ``"single_pass"`` (FIRST: order by
             the first identifier token's logits; one forward pass per window).
         identifiers: ``"auto"`` (numbers ``1..N`` for generate, letters ``A..`` for single pass),
@@ -127,7 +128,7 @@ class ListwiseReranker(VLMImageCheck, Reranker):
     supports_image_query = True
     supports_image_documents = True
 
-    def __init__(self, model: str | os.PathLike = DEFAULT_MODEL, *, window_size: int = 20, step: int = 10,
+    def __init__(self, model: str | os.PathLike = DEFAULT_MODEL, *, window_size: int = 20, step: int | None = None,
                  mode: Mode = "generate", identifiers: str | Sequence[str] = "auto",
                  prompt: str | ListwisePrompt = "auto", max_new_tokens: int | None = None,
                  stop_early: bool = True, kv_cache: str = "static",
@@ -137,6 +138,7 @@ class ListwiseReranker(VLMImageCheck, Reranker):
                  show_progress: bool = False, image_workers: int = 4, **load_options: Any):
         super().__init__(on_error=on_error, image_policy=image_policy, show_progress=show_progress,
                          image_workers=image_workers)
+        step = default_step(window_size, step)
         sliding_windows(0, window_size, step)  # validates window_size and step
         if mode not in ("generate", "single_pass"):
             raise InputError(f"mode must be 'generate' or 'single_pass', got {mode!r}")
