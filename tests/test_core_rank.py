@@ -113,7 +113,7 @@ def test_empty_text_document_is_scored_as_the_reference_scores_it(jina_reranker)
 
 
 def test_bad_documents_raise_on_request(jina_reranker):
-    with pytest.raises(ImageLoadError, match=r"document 1 id='broken'"):
+    with pytest.raises(ImageLoadError, match=r"document 1 \(id='broken'\)"):
         jina_reranker.rank("q", ["fine", Document(image=b"garbage", id="broken")], on_error="raise")
 
 
@@ -188,7 +188,7 @@ def test_the_seam_composes_to_rank(jina_reranker):
     call = jina_reranker.prepare("pandas", docs, 3, score_threshold=-100.0)
     assert isinstance(call, PreparedRanking)
     assert call.readable == [0, 2, 3] and call.failed == [1] and (call.top_n, call.on_error) == (3, "last")
-    assert "document 1 id='broken'" in str(call.errors[1])
+    assert "document 1 (id='broken')" in str(call.errors[1])
     ranking = jina_reranker.rank_documents(call.query, call.readable_documents)
     assert sorted(j for j, _ in ranking) == [0, 1, 2]
     scores = jina_reranker.score_documents(call.query, call.readable_documents)
@@ -206,7 +206,7 @@ def _same_ranking(got, expected):
 
 
 def test_prepare_raises_under_raise_and_keeps_refused_documents(jina_reranker):
-    with pytest.raises(ImageLoadError, match="document 1 id='broken'"):
+    with pytest.raises(ImageLoadError, match=r"document 1 \(id='broken'\)"):
         jina_reranker.prepare("q", ["fine", Document(image=b"garbage", id="broken")], on_error="raise")
     # A caller's own refusal is kept as given and the document is not read (its image would fail otherwise).
     refusal = InputError("document 0: refused by the caller")

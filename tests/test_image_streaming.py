@@ -284,7 +284,7 @@ def test_on_error_raise_still_decodes_every_image_before_any_model_work(jina_dir
     ran = []
     orig = r._forward_prepared
     r._forward_prepared = lambda prep: ran.append(1) or orig(prep)
-    with pytest.raises(ImageLoadError, match=r"document 2 id='cut'.*truncated"):
+    with pytest.raises(ImageLoadError, match=r"document 2 \(id='cut'\).*truncated"):
         r.rank("q", [Document(image=_png(0)), Document(text="x"), Document(image=_corrupt_png(), id="cut")],
                on_error="raise")
     assert ran == []

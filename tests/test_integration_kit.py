@@ -88,12 +88,12 @@ def test_core_document_never_fails_the_call():
     doc, err = core_document(3, text="hi", image=None, doc_id="x", payload="P")
     assert err is None and doc.text == "hi" and doc.id == "x" and doc.payload == "P"
     doc, err = core_document(2, text=None, image=12, doc_id="img", payload="P")
-    assert isinstance(err, ImageLoadError) and str(err).startswith("document 2 id='img': int is not an image source")
+    assert isinstance(err, ImageLoadError) and str(err).startswith("document 2 (id='img'): int is not an image source")
     assert doc.payload == "P" and doc.image is None
     _, err = core_document(0, text=5, image=None, doc_id=None, payload=None)
     assert type(err) is InputError and str(err) == "document 0: Document.text must be a str, got int"
     _, err = core_document(1, text="t", image=b"x", doc_id=7, payload=None, image_problem="blob.data is a str")
-    assert str(err) == "document 1 id='7': blob.data is a str"
+    assert str(err) == "document 1 (id='7'): blob.data is a str"
     for ok in (b"x", bytearray(b"x"), memoryview(b"x"), "a.png", Path("a.png"), Image.new("RGB", (2, 2))):
         assert image_source_problem(ok) is None
     for bad in (1, 1.5, {"url": "x"}, ["a.png"], object()):

@@ -125,7 +125,7 @@ def test_image_metadata_of_a_wrong_type_is_that_documents_error(reranker, meta):
     key = next(iter(meta))
     error = out[1].metadata["rerank_error"]
     assert out[1].metadata["relevance_score"] is None and "'bad'" in error and f"metadata[{key!r}]" in error
-    with pytest.raises(mmrank.ImageLoadError, match=r"document 1 id='bad': metadata\["):
+    with pytest.raises(mmrank.ImageLoadError, match=r"document 1 \(id='bad'\): metadata\["):
         MMRankRerank(reranker=reranker, on_error="raise").compress_documents(docs, QUERY)
 
 

@@ -26,12 +26,12 @@ class ImageLoadError(InputError):
         super().__init__(self._render())
 
     def _render(self) -> str:
-        where = []
+        # the one form every document error takes: "document 3 (id='x'): ..." (docs/safety.md)
         if self.document_index is not None:
-            where.append(f"document {self.document_index}")
-        if self.document_id is not None:
-            where.append(f"id={self.document_id!r}")
-        prefix = f"{' '.join(where)}: " if where else ""
+            ident = f" (id={self.document_id!r})" if self.document_id is not None else ""
+            prefix = f"document {self.document_index}{ident}: "
+        else:
+            prefix = f"id={self.document_id!r}: " if self.document_id is not None else ""
         src = f" (source: {self.source})" if self.source else ""
         return f"{prefix}{self.reason}{src}"
 
