@@ -19,6 +19,8 @@ the one with the smallest index wins (``argmin``'s first-occurrence rule).
 
 from __future__ import annotations
 
+import math
+import operator
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -28,33 +30,143 @@ import torch
 from ..errors import InputError
 from .records import Record, RecordError
 
+_TIE = 1e-9  # averages within this of the lowest tie; the smallest index wins
+_POOL = 2048  # how many candidates' exact totals to keep between screens, when that can save a screen
+
 
 def greedy_max_diversity(embeddings: Any, k: int, *, start: int = 0) -> list[int]:
-    """Algorithm 1: indices of ``k`` items, in selection order. ``embeddings``: ``(N, d)`` array or tensor
-    (need not be normalised; zero vectors count as orthogonal to everything)."""
-    e = torch.as_tensor(embeddings, dtype=torch.float32)
-    if e.dim() != 2:
-        raise ValueError(f"embeddings must be a 2-d array (N, d), got shape {tuple(e.shape)}")
-    n = e.shape[0]
+    """Algorithm 1: indices of ``k`` items, in selection order. ``embeddings``: ``(N, d)`` array, tensor or
+    nested list of finite numbers (need not be normalised; zero vectors count as orthogonal to everything).
+
+    Each step adds the item with the lowest total ``ê_j · v`` (``v``: the sum of the selected unit vectors),
+    computed in float64; totals within ``1e-9 · |S|`` of the lowest (averages within 1e-9) tie, and the
+    smallest index wins. Only candidates get exact totals: a screen (:class:`_Screen`, one float16 pass)
+    bounds every total with a proven error margin and names the items that can be lowest. When few items
+    are near the lowest, the exact totals of a pool of them serve the next steps too, for as long as ``v``
+    has moved too little for any item outside the pool to catch up (one selected unit vector changes a
+    total by at most 1)."""
+    x = _matrix(embeddings)
+    n = x.shape[0]
+    k, start = operator.index(k), operator.index(start)
     if not 0 <= k <= n:
         raise ValueError(f"k must be between 0 and the number of items ({n}), got {k}")
     if k == 0:
         return []
     if not 0 <= start < n:
         raise ValueError(f"start must index an item (0..{n - 1}), got {start}")
-    norms = e.norm(dim=1, keepdim=True)
-    e = torch.where(norms > 0, e / norms.clamp_min(1e-12), torch.zeros_like(e))
-    chosen = [start]
-    # total[j] = Σ_{i∈S} cos(e_j, e_i), the running sum (the average is total / |S|, the same argmin);
-    # selected items are set to +inf, which no later addition changes.
-    total = torch.mv(e, e[start])
-    total[start] = float("inf")
-    for _ in range(1, k):
-        j = int(torch.argmin(total))               # first minimum on ties
+    screen = _Screen(x)
+    v = screen.unit(start)
+    taken = torch.zeros(n, dtype=torch.float64)         # +inf marks the selected items
+    taken[start] = math.inf
+    chosen, pool, rows, v0, floor = [start], None, None, v, -math.inf
+    while len(chosen) < k:
+        tol = _TIE * len(chosen)
+        if pool is not None:                            # can an item outside the pool be lowest by now?
+            exact = rows @ v + taken[pool]   # type: ignore[operator]
+            if not floor - float((v - v0).norm()) > float(exact.min()) + tol:
+                pool = None
+        if pool is None:
+            pool, floor = screen(v, taken, tol, room=n - len(chosen))
+            v0 = v.clone()
+            if len(pool) <= screen.keep:
+                rows = screen.unit(pool)
+                exact = rows @ v
+            else:                                       # mass ties: exact totals in blocks, for this step only
+                rows = None
+                exact = torch.cat([screen.unit(p) @ v for p in pool.split(screen.keep)])
+        i = int(torch.nonzero(exact <= float(exact.min()) + tol)[0])   # the pool is in index order
+        j = int(pool[i])
         chosen.append(j)
-        total.addmv_(e, e[j])                      # one matrix–vector product per step: O(N·d)
-        total[j] = float("inf")
+        v += screen.unit(j)
+        taken[j] = math.inf
+        if rows is None:
+            pool = None
     return chosen
+
+
+def _matrix(embeddings: Any) -> torch.Tensor:
+    """``embeddings`` as a 2-d float32/float64 CPU tensor of finite numbers (nested lists read as float64)."""
+    if isinstance(embeddings, (list, tuple)):
+        embeddings = torch.as_tensor(embeddings, dtype=torch.float64)
+    x = torch.as_tensor(embeddings)
+    if x.is_complex() or x.dim() != 2:
+        raise ValueError(f"embeddings must be a 2-d real array (N, d), got shape {tuple(x.shape)} ({x.dtype})")
+    x = x.detach().cpu()
+    if x.dtype not in (torch.float32, torch.float64):
+        x = x.to(torch.float64)
+    if x.shape[1] == 0:                                 # no dimensions: every item is the zero vector
+        x = x.new_zeros(x.shape[0], 1)
+    bad = torch.nonzero(~torch.isfinite(x).all(dim=1))
+    if len(bad):
+        raise ValueError(f"embeddings row {int(bad[0])} is not finite (NaN or infinity)")
+    return x
+
+
+class _Screen:
+    """The rows as float64 unit vectors on demand (:meth:`unit`), and the screen (:meth:`__call__`): every
+    item's total from a float16 copy ``q_j`` of the centred unit vectors ``r_j = ê_j − μ`` (centring keeps
+    clustered, all-positive embeddings precise) in one matrix–vector pass, a quarter of the bytes of the
+    float64 vectors, with a proven bound on its error."""
+
+    def __init__(self, x: torch.Tensor):
+        n, d = x.shape
+        self.x, self.keep = x, max(1, 2 ** 21 // d)    # rows per 16 MB of float64
+        self.scale, self.length = torch.ones(n, dtype=torch.float64), torch.ones(n, dtype=torch.float64)
+        for c in range(0, n, self.keep):                # ê_j = (x_j / max|x_j|) / ‖x_j / max|x_j|‖, no overflow
+            xc = x[c:c + self.keep].double()
+            s = xc.abs().amax(dim=1)
+            s[s == 0] = 1
+            length = (xc / s[:, None]).norm(dim=1)
+            length[length == 0] = 1
+            self.scale[c:c + self.keep], self.length[c:c + self.keep] = s, length
+        self.mu = self.unit(torch.arange(0, n, max(1, n // self.keep))).mean(0)
+        # float16 relies on torch's CPU float16 matrix–vector product summing in float32 (it does unless the
+        # reduced-precision mode is switched on); otherwise, or for very wide vectors, float32
+        reduced = getattr(torch._C, "_get_cpu_allow_fp16_reduced_precision_reduction", lambda: True)()
+        half = not reduced and d < 2 ** 20
+        self.dtype = torch.float16 if half else torch.float32
+        self.rel = 2.0 ** -10 if half else 2.0 ** -23   # twice the unit roundoff of the screen's results
+        u = d * 2.0 ** -24                               # γ_d of a float32 sum of d products
+        self.gamma = u / (1 - u) if u < 0.5 else 1e300
+        self.q = torch.empty(n, d, dtype=self.dtype)
+        self.err = self.size = 0.0                      # max ‖r_j − q_j‖ and max ‖q_j‖
+        for c in range(0, n, self.keep):
+            r = self.unit(slice(c, c + self.keep)) - self.mu
+            qc = self.q[c:c + self.keep] = r.to(self.dtype)
+            self.err = max(self.err, float((r - qc.double()).norm(dim=1).max()))
+            self.size = max(self.size, float(qc.double().norm(dim=1).max()))
+
+    def unit(self, rows: Any) -> torch.Tensor:
+        return self.x[rows].double() / self.scale[rows, None] / self.length[rows, None]
+
+    def __call__(self, v: torch.Tensor, taken: torch.Tensor, tol: float, room: int) -> tuple[torch.Tensor, float]:
+        """The items (in index order) whose total ``ê_j · v`` can be within ``tol`` of the lowest, and ``floor``,
+        a lower bound on the total of every other item. Adds the pool when few items are near the lowest."""
+        big = float(v.abs().max())
+        c = 2.0 ** math.ceil(math.log2(big)) if big > 0 else 1.0   # a power of two: w = v / c exactly, |w| ≤ 1
+        w = v / c
+        wq = w.to(self.dtype)
+        # a_j = fl(q_j · wq) differs from r_j · w = (ê_j · v − μ · v) / c by at most b + rel·|a_j|:
+        # ‖r_j − q_j‖‖w‖ + ‖q_j‖‖w − wq‖ (rounding r_j and w) + γ_d‖q_j‖‖wq‖ (float32 sums in any order)
+        # + rel·|a_j| + 2⁻²⁴ (rounding the result, subnormals included). Doubled: the surplus also covers the
+        # float64 rounding of these bounds and of the comparisons made with them.
+        b = 2 * (self.err * float(w.norm()) + 2.0 ** -24
+                 + self.size * (float((w - wq.double()).norm()) + self.gamma * float(wq.double().norm())))
+        rel = self.rel
+
+        def below(y: float) -> float:                   # the largest a with a − b − rel·|a| ≤ y (increasing in a)
+            z = y + b
+            return z / (1 - rel) if z >= 0 else z / (1 + rel)
+
+        a = torch.add(torch.mv(self.q, wq), taken)      # float64, +inf for the selected items
+        low = float(a.min())
+        top = low + b + rel * abs(low)                  # ≥ (lowest total − μ · v) / c
+        cut = below(top + tol / c)                      # a_j > cut: item j's total is above the lowest + tol
+        target = min(_POOL, self.keep // 2)
+        if room > target and int((a <= below(top + (1 + tol) / c)).sum()) <= target:
+            cut = max(cut, float(torch.kthvalue(a, target).values))   # a pool that can outlast a step
+        pool = torch.nonzero(a <= cut).squeeze(1)
+        return pool, c * (cut - b - rel * abs(cut)) + float(self.mu @ v)
 
 
 class ClipEmbedder:
