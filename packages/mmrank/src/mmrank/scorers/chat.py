@@ -47,8 +47,20 @@ documented departures from the local scorers, both counted in :attr:`ChatReranke
   identifiers appended in their current order); ``strict=True`` makes it an error instead;
 * a server reports only the ``top_logprobs`` most likely tokens (at most 20 on vLLM and OpenAI), so an
   identifier outside them is ranked after those inside, in its current order; a yes/no answer word
-  outside them is given the smallest reported log-probability (an upper bound). When no identifier or
-  neither answer word is reported, the call fails.
+  outside them is given an upper bound of its log-probability: the smaller of the smallest reported one
+  and the log of the probability mass the reported tokens leave. When no identifier or neither answer
+  word is reported (with a probability above 0), the call fails;
+* an identifier or answer word whose own token is not reported is read from the reported tokens that
+  differ from it only by surrounding whitespace or case (``" Yes"``, ``"yes"``; their probabilities
+  added up; counted in ``stats["token_variants"]``).
+
+What a server sends is checked, never guessed at: a log-probability that is not a number ``<= 0`` (NaN,
+``Infinity``, a string), ``choices`` that is not a non-empty list of objects, a message that is not an
+object or whose content is neither text nor a list of content parts (whose ``text`` parts are read), and an
+error object sent with status 200 are each a :class:`~mmrank.errors.RemoteError` naming the server and the
+field; an answer without text says what came instead (a refusal, a tool call, only reasoning,
+``finish_reason``). A ranking cut at ``max_tokens`` (``finish_reason: "length"``) is repaired like any
+partial ranking, and the log line says it was cut.
 
 Scores are those of the local scorers: ``(n - rank) / n`` for listwise (ranks, not relevances) and
 ``P(yes)`` for pairwise. Windows of one query are sequential (each depends on the previous); requests of
@@ -100,7 +112,7 @@ from ..ranking.permutation import (
     sliding_windows,
 )
 from .base import OnError, RankedDocument, Reranker, order_by_score
-from .http import HttpClient, HttpOptions, redact_url
+from .http import HttpClient, HttpOptions, redact_url, server_message
 from .http_options import keyword_names
 from .prompts import (
     LISTWISE_PROMPTS,
@@ -448,8 +460,9 @@ class ChatReranker(Reranker):
         self.last_usage: ChatUsage | None = None
         #: what needed a documented fallback so far (module docstring): windows repaired, identifiers or
         #: answer words outside the reported top_logprobs
-        self.stats = {"windows": 0, "repaired_windows": 0, "identifiers_not_reported": 0, "answer_word_bounded": 0}
-        #: raw answers of the last call (generate mode), for inspection
+        self.stats = {"windows": 0, "repaired_windows": 0, "identifiers_not_reported": 0, "answer_word_bounded": 0,
+                      "token_variants": 0}
+        #: raw answers of the last call (generate mode), for inspection (secrets the server echoes masked)
         self.last_responses: list[str] = []
         # HTTP calls need no model lock: concurrent callers each run their own requests.
         self._model_lock = contextlib.nullcontext()  # type: ignore[assignment]
@@ -595,30 +608,56 @@ class ChatReranker(Reranker):
             body.setdefault(k, v)
         return body
 
-    def _choice(self, resp: httpx.Response, usage: ChatUsage) -> tuple[str | None, list[Any] | None]:
-        """The first choice's message content and logprobs content of a chat-completions answer."""
-        url, fail = redact_url(self.url), self._http.fail
+    def _choice(self, resp: httpx.Response, usage: ChatUsage) -> tuple[str | None, list[Any] | None, str]:
+        """The first choice's message text and logprobs content of a chat-completions answer, and a note for
+        messages: what came instead of a missing or empty text (``None``), or that the answer was cut."""
+        url = redact_url(self.url)
         body = self._http.decode(self.url, resp)
+
+        def bad(what: str) -> RemoteError:
+            return self._http.fail(f"{url} answered {what}", status_code=resp.status_code, body=resp.text)
+
         if not isinstance(body, dict):
-            raise fail(f"{url} answered with a JSON {type(body).__name__}, not a chat completion",
-                       status_code=resp.status_code, body=resp.text)
+            raise bad(f"with a JSON {type(body).__name__}, not a chat completion")
         reported = body.get("usage") if isinstance(body.get("usage"), dict) else None
         with self._lock:
             usage.add(reported)
             self.usage.add(reported)
         choices = body.get("choices")
-        if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
-            raise fail(f"{url} answered without 'choices'; is this a chat-completions endpoint? (keys: "
-                       f"{sorted(body)[:10]})", status_code=resp.status_code, body=resp.text)
+        if choices is None and isinstance(body.get("error"), (dict, str)):  # an error sent with status 200
+            raise self._http.fail(f"{url} answered HTTP {resp.status_code} with an error: "
+                                  f"{server_message(resp, self._http.redact)}", status_code=resp.status_code,
+                                  body=resp.text)
+        if not isinstance(choices, list):
+            raise bad(f"without 'choices', a list of answers (keys: {self._http.clip(sorted(body)[:10], 300)}); is this a "
+                      "chat-completions endpoint?")
+        if not choices:
+            raise bad("with an empty 'choices' list: no answer")
         choice = choices[0]
+        if not isinstance(choice, dict):
+            raise bad(f"with choices[0] a {type(choice).__name__}, not an object")
         message = choice.get("message")
-        content = message.get("content") if isinstance(message, dict) else None
-        if content is not None and not isinstance(content, str):
-            raise fail(f"{url} answered with a non-text message content ({type(content).__name__})",
-                       status_code=resp.status_code, body=resp.text)
+        if message is None:
+            message = {}
+        if not isinstance(message, dict):
+            raise bad(f"with choices[0].message a {type(message).__name__}, not an object")
+        content = _message_text(message.get("content"))
+        if content is _NOT_TEXT:
+            raise bad(f"with a message content that is not text ({type(message.get('content')).__name__} "
+                      f"{self._http.clip(repr(message.get('content')), 100)})")
         lp = choice.get("logprobs")
         lp_content = lp.get("content") if isinstance(lp, dict) else None
-        return content, lp_content if isinstance(lp_content, list) and lp_content else None
+        if not isinstance(lp_content, list) or not lp_content:
+            lp_content = None
+        elif any(not isinstance(e, dict) for e in lp_content):
+            raise self._http.fail(f"{url} answered with malformed logprobs: an entry of choices[0].logprobs.content "
+                                  f"is not an object ({self._http.clip(repr(lp_content[:3]), 200)})",
+                                  status_code=resp.status_code, body=resp.text)
+        if content is None or not content.strip():
+            return None, lp_content, _why_empty(message, choice, self._http.clip)
+        cut = " (the answer was cut at max_tokens: finish_reason='length')" if choice.get("finish_reason") == \
+            "length" else ""
+        return content, lp_content, cut
 
     def _no_logprobs(self) -> RemoteError:
         what = "single-pass listwise ranking" if self.method == "listwise" else "pairwise yes/no scoring"
@@ -651,8 +690,8 @@ class ChatReranker(Reranker):
         if self.mode == "generate":
             budget = self.max_new_tokens or len(format_ranking(ids)) + 8
             resp = yield self._body(messages, budget)
-            text, _ = self._choice(resp, usage)
-            return self._read_ranking(text, ids)
+            text, _, note = self._choice(resp, usage)
+            return self._read_ranking(text, ids, note)
         prefill = self._prefill_now()
         if prefill == "continue":
             try:
@@ -665,16 +704,16 @@ class ChatReranker(Reranker):
                         self._prefill_found = "none"
                     return (yield from self._window_steps(query, docs, template, usage))
                 raise
-            _, lp = self._choice(resp, usage)
+            _, lp, _ = self._choice(resp, usage)
             if lp is None:
                 raise self._no_logprobs()
-            scores = self._identifier_scores(ids, _tops(lp[0]), None)
+            scores = self._identifier_scores(ids, self._tops(lp[0]), None)
         else:
             resp = yield self._body(messages, 2, logprobs=True)
-            _, lp = self._choice(resp, usage)
+            _, lp, _ = self._choice(resp, usage)
             if lp is None:
                 raise self._no_logprobs()
-            scores = self._identifier_scores(ids, _tops(lp[1]) if len(lp) > 1 else {}, lp[0])
+            scores = self._identifier_scores(ids, self._tops(lp[1]) if len(lp) > 1 else {}, lp[0])
         return sorted(range(len(docs)), key=lambda i: (-scores[i], i))
 
     _prefill_found: str | None = None
@@ -684,6 +723,27 @@ class ChatReranker(Reranker):
             return self.prefill
         return self._prefill_found or "continue"
 
+    def _tops(self, entry: Any) -> dict[str, float]:
+        """:func:`_tops`, a malformed entry being a :class:`RemoteError` that names the server."""
+        try:
+            return _tops(entry)
+        except _BadLogprob as exc:
+            raise self._http.fail(f"{redact_url(self.url)} answered with malformed logprobs: {exc}") from None
+
+    def _lookup(self, tops: dict[str, float], word: str) -> float | None:
+        """The log-probability of ``word`` among the reported tokens: its own token, else the tokens that differ
+        from it only by surrounding whitespace or case (added up; counted in ``stats["token_variants"]``), else
+        ``None``."""
+        if word in tops:
+            return tops[word]
+        key = word.strip().casefold()
+        variants = [lp for t, lp in tops.items() if t.strip().casefold() == key]
+        if not variants:
+            return None
+        with self._lock:
+            self.stats["token_variants"] += 1
+        return _logsumexp(variants)
+
     def _identifier_scores(self, ids: list[str], after_opener: dict[str, float], first: Any) -> list[float]:
         """Per identifier: ``log P(x | [)`` (pre-filled) or ``log P([) + log P(x | [)`` / ``log P([x)``
         read from the model's own first tokens; ``-inf`` for an identifier the server did not report."""
@@ -692,30 +752,32 @@ class ChatReranker(Reranker):
         merged: dict[str, float] = {}
         if first is not None:
             token = first.get("token") if isinstance(first, dict) else None
+            merged = self._tops(first)
             if isinstance(token, str) and token.strip() == "[":
-                opener_lp = _number(first.get("logprob"))
-            merged = _tops(first)
-            if opener_lp is None and not any(("[" + x) in merged for x in ids):
+                opener_lp = merged.get(token)
+            if opener_lp is None and not any(self._lookup(merged, "[" + x) is not None for x in ids):
                 raise self._http.fail(
-                    f"{redact_url(self.url)}: the model's answer began with {token!r}, not with the identifier "
-                    f"opener '['; without a pre-filled assistant turn (prefill='none') single-pass ranking "
-                    f"needs the answer to start with '['. Use a server that continues a final message (vLLM, "
-                    f"SGLang: prefill='continue') or mode='generate'.")
+                    f"{redact_url(self.url)}: the model's answer began with {self._http.clip(repr(token), 60)}, not "
+                    f"with the identifier opener '['; without a pre-filled assistant turn (prefill='none') "
+                    f"single-pass ranking needs the answer to start with '['. Use a server that continues a final "
+                    f"message (vLLM, SGLang: prefill='continue') or mode='generate'.")
         # The next position's alternatives follow "[" only when the model's first token was "[" itself (or
         # when "[" was pre-filled); after a merged first token such as "[B" they are about something else.
         use_after = first is None or opener_lp is not None
         for i, x in enumerate(ids):
             best = -math.inf
-            if use_after and x in after_opener:
-                best = after_opener[x] + (opener_lp or 0.0)
-            if first is not None and ("[" + x) in merged:
-                best = max(best, merged["[" + x])
+            after = self._lookup(after_opener, x) if use_after else None
+            if after is not None:
+                best = after + (opener_lp or 0.0)
+            both = self._lookup(merged, "[" + x) if first is not None else None
+            if both is not None:
+                best = max(best, both)
             scores[i] = best
         missing = sum(1 for s in scores if s == -math.inf)
         if missing == len(ids):
             raise self._http.fail(f"{redact_url(self.url)}: none of the window's identifiers {ids} is among the "
-                                  f"top {self.top_logprobs} tokens the server reported; the model does not answer "
-                                  "the ranking prompt (try mode='generate')")
+                                  f"top {self.top_logprobs} tokens the server reported with a probability above 0; "
+                                  "the model does not answer the ranking prompt (try mode='generate')")
         if missing:
             with self._lock:
                 self.stats["identifiers_not_reported"] += missing
@@ -723,48 +785,53 @@ class ChatReranker(Reranker):
                         "others in their current order", missing, len(ids))
         return scores
 
-    def _read_ranking(self, text: str | None, ids: list[str]) -> list[int]:
+    def _read_ranking(self, text: str | None, ids: list[str], note: str = "") -> list[int]:
         if text is None or not text.strip():
-            raise self._http.fail(f"{redact_url(self.url)} returned an empty answer for a window of {len(ids)}; "
-                                  "nothing to rank by (check max_new_tokens and the model)")
+            raise self._http.fail(f"{redact_url(self.url)} returned an empty answer for a window of {len(ids)}"
+                                  f"{note}; nothing to rank by (check max_new_tokens and the model)")
+        shown = self._http.safe(text)
         with self._lock:
-            self.last_responses.append(text)
+            self.last_responses.append(shown)
             self.stats["windows"] += 1
         mentioned = [i for i in parse_ranking(text, ids) if 0 <= i < len(ids)]
         complete = len(set(mentioned)) == len(ids)
         if not complete:
             missing = len(ids) - len(set(mentioned))
             if self.strict:
-                raise self._http.fail(f"{redact_url(self.url)}: the answer {text[:200]!r} is not a ranking of all "
-                                      f"{len(ids)} identifiers ({missing} missing) and strict=True")
+                raise self._http.fail(f"{redact_url(self.url)}: the answer {shown[:200]!r} is not a ranking of all "
+                                      f"{len(ids)} identifiers ({missing} missing){note} and strict=True")
             with self._lock:
                 self.stats["repaired_windows"] += 1
-            logger.warning("mmrank chat: answer %r names %d of %d identifiers; the rest keep their current order "
-                           "(the local scorer's repair)", text[:200], len(ids) - missing, len(ids))
+            logger.warning("mmrank chat: answer %r names %d of %d identifiers%s; the rest keep their current order "
+                           "(the local scorer's repair)", shown[:200], len(ids) - missing, len(ids), note)
         return parse_permutation(text, ids)
 
     def _pair_steps(self, query: Query, doc: Document, usage: ChatUsage):
         resp = yield self._body(self.pair_messages(query, doc), 1, logprobs=True)
-        _, lp = self._choice(resp, usage)
+        _, lp, _ = self._choice(resp, usage)
         if lp is None:
             raise self._no_logprobs()
         return self._yes_probability(lp[0])
 
     def _yes_probability(self, first: Any) -> float:
-        tops = _tops(first)
+        tops = self._tops(first)
         yes_w, no_w = self.answer_words
-        yes, no = tops.get(yes_w), tops.get(no_w)
-        if yes is None and no is None:
+        yes, no = self._lookup(tops, yes_w), self._lookup(tops, no_w)
+        if (yes is None or yes == -math.inf) and (no is None or no == -math.inf):
             raise self._http.fail(f"{redact_url(self.url)}: neither {yes_w!r} nor {no_w!r} is among the top "
-                                  f"{self.top_logprobs} first tokens the server reported "
-                                  f"({sorted(tops)[:10]}); the model does not answer the yes/no prompt")
+                                  f"{self.top_logprobs} first tokens the server reported with a probability above 0 "
+                                  f"({self._http.clip(sorted(tops)[:10], 300)}); the model does not answer the "
+                                  "yes/no prompt")
         if yes is None or no is None:
-            floor = min(tops.values())
-            yes, no = (floor if yes is None else yes), (floor if no is None else no)
+            # An upper bound of the missing word's log-probability: it is not above the smallest reported one,
+            # and its probability is not above the mass the reported tokens leave.
+            left = 1.0 - math.fsum(math.exp(v) for v in tops.values())
+            bound = min(min(tops.values()), math.log(left) if left > 0 else -math.inf)
+            yes, no = (bound if yes is None else yes), (bound if no is None else no)
             with self._lock:
                 self.stats["answer_word_bounded"] += 1
             logger.info("mmrank chat: one answer word outside the reported top_logprobs; its log-probability is "
-                        "bounded by the smallest reported one")
+                        "bounded by the smallest reported one and the probability mass left")
         m = max(yes, no)
         return math.exp(yes - m) / (math.exp(yes - m) + math.exp(no - m))
 
@@ -813,10 +880,11 @@ class ChatReranker(Reranker):
 
     def _take_model(self, body: Any) -> None:
         data = body.get("data") if isinstance(body, dict) else None
-        ids = [m.get("id") for m in data or [] if isinstance(m, dict) and isinstance(m.get("id"), str)]
+        data = data if isinstance(data, list) else []
+        ids = [m.get("id") for m in data if isinstance(m, dict) and isinstance(m.get("id"), str) and m["id"].strip()]
         if not ids:
-            raise InputError(f"no model name given and {redact_url(self.url)} lists none under /models; pass "
-                             "model='<served model name>'")
+            raise InputError(f"no model name given and {redact_url(self.url)} lists none under /models (or could not "
+                             "be reached); pass model='<served model name>'")
         with self._lock:
             if self.model is None:
                 self.model = ids[0]
@@ -926,24 +994,95 @@ def _refuses_prefill(exc: RemoteError) -> bool:
         k in text for k in ("continue_final_message", "add_generation_prompt", "unexpected field", "extra"))
 
 
+class _BadLogprob(ValueError):
+    """A ``logprobs`` entry that is not what the chat-completions schema says."""
+
+
+#: A positive log-probability beyond rounding is not a log-probability.
+_LOGPROB_SLACK = 1e-3
+
+
 def _number(v: Any) -> float | None:
-    if isinstance(v, (int, float)) and not isinstance(v, bool) and not math.isnan(v):
-        return float(v)
-    return None
+    """A JSON number as a float (``None`` for anything else, NaN, or an integer too large for a float)."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return None
+    try:
+        f = float(v)
+    except OverflowError:
+        return None
+    return None if math.isnan(f) else f
+
+
+def _logprob(token: str, v: Any) -> float:
+    """A reported log-probability: a number in ``[-inf, 0]`` (a hair above 0 is rounding)."""
+    f = _number(v)
+    if f is None or f > _LOGPROB_SLACK:
+        raise _BadLogprob(f"token {token[:40]!r} has log-probability {str(v)[:40]!r}, which is not a number <= 0")
+    return min(f, 0.0)
 
 
 def _tops(entry: Any) -> dict[str, float]:
-    """``{token: logprob}`` of one position's ``top_logprobs`` (the sampled token included)."""
+    """``{token: logprob}`` of one position's ``top_logprobs`` (the sampled token included). A reported
+    log-probability that is not a number ``<= 0`` raises :class:`_BadLogprob`; entries without a text token
+    are skipped; ``top_logprobs`` given as a ``{token: logprob}`` mapping (the completions API's shape) is
+    read too."""
     out: dict[str, float] = {}
     if not isinstance(entry, dict):
         return out
     items = entry.get("top_logprobs")
+    if isinstance(items, dict):
+        items = [{"token": t, "logprob": lp} for t, lp in items.items()]
     for t in [entry, *(items if isinstance(items, list) else [])]:
         if isinstance(t, dict) and isinstance(t.get("token"), str):
-            lp = _number(t.get("logprob"))
-            if lp is not None:
-                out[t["token"]] = max(lp, out.get(t["token"], -math.inf))
+            lp = _logprob(t["token"], t.get("logprob"))
+            out[t["token"]] = max(lp, out.get(t["token"], -math.inf))
     return out
+
+
+def _logsumexp(values: list[float]) -> float:
+    m = max(values)
+    if m == -math.inf:
+        return m
+    return m + math.log(math.fsum(math.exp(v - m) for v in values))
+
+
+_NOT_TEXT = object()
+
+
+def _message_text(content: Any) -> Any:
+    """A message's text: a string, ``None``, or the text parts of a list of content parts joined (servers that
+    answer in parts; reasoning parts are not the answer) — ``_NOT_TEXT`` for anything else."""
+    if content is None or isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        texts = []
+        for part in content:
+            if not isinstance(part, dict):
+                return _NOT_TEXT
+            if part.get("type") in ("text", "output_text"):
+                if not isinstance(part.get("text"), str):
+                    return _NOT_TEXT
+                texts.append(part["text"])
+        return "".join(texts)
+    return _NOT_TEXT
+
+
+def _why_empty(message: dict[str, Any], choice: dict[str, Any], clip: Callable[[Any, int], str]) -> str:
+    """What an answer without text had instead (for the error message)."""
+    notes = []
+    refusal = message.get("refusal")
+    if isinstance(refusal, str) and refusal.strip():
+        notes.append(f"the model refused: {clip(refusal, 200)!r}")
+    if message.get("tool_calls") or message.get("function_call"):
+        notes.append("the model called a tool instead of answering")
+    reasoning = message.get("reasoning_content") or message.get("reasoning")
+    if isinstance(reasoning, str) and reasoning.strip():
+        notes.append("it wrote only reasoning (a thinking model: raise max_new_tokens or turn thinking off, e.g. "
+                     "extra_body={'chat_template_kwargs': {'enable_thinking': False}})")
+    reason = choice.get("finish_reason")
+    if isinstance(reason, str) and reason and reason != "stop":
+        notes.append(f"finish_reason={clip(reason, 40)!r}")
+    return f" ({'; '.join(notes)})" if notes else ""
 
 
 def _pairs(requests: Iterable[tuple[Any, Sequence[Any]]]) -> list[tuple[Any, Sequence[Any]]]:

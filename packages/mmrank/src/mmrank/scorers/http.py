@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import datetime
 import email.utils
 import json
 import logging
@@ -33,6 +34,7 @@ import threading
 import time
 import urllib.parse
 import weakref
+import zlib
 from collections.abc import Iterable
 from typing import Any
 
@@ -152,34 +154,56 @@ for _name in ("httpx", "httpcore"):
 
 
 # ---------------------------------------------------------------------------------------------- responses
-def server_message(resp: httpx.Response) -> str:
-    """The human message inside an error response, whatever the server's error shape (unredacted)."""
-    try:
-        body = resp.json()
-    except ValueError:
+def server_message(resp: httpx.Response, redact: Any = None, limit: int = 500) -> str:
+    """The human message inside an error response, whatever the server's error shape (unredacted unless
+    ``redact`` is given — a callable applied *before* the message is cut to ``limit`` characters, so a
+    secret the server echoes is never cut in two and half-shown)."""
+    clean = redact or (lambda t: t)
+
+    def cut(text: Any) -> str:
+        return clean(str(text))[:limit]
+
+    body = _json_or_none(resp)
+    if body is _NOT_JSON:
         text = resp.text.strip()
-        return text[:500] if text else (resp.reason_phrase or "no message")
+        return cut(text) if text else (resp.reason_phrase or "no message")
     if isinstance(body, dict):
         detail = body.get("detail")
         if isinstance(detail, str):
-            return detail
+            return cut(detail)
         if isinstance(detail, list):  # FastAPI validation errors
             parts = []
             for item in detail[:10]:
                 if isinstance(item, dict):
-                    loc = ".".join(str(x) for x in item.get("loc", []) if x != "body")
+                    loc = item.get("loc")
+                    loc = ".".join(str(x) for x in loc if x != "body") if isinstance(loc, list) else ""
                     parts.append(f"{loc}: {item.get('msg')}" if loc else str(item.get("msg")))
                 else:
                     parts.append(str(item))
-            return "; ".join(parts)
+            return cut("; ".join(parts))
         err = body.get("error")
         if isinstance(err, dict) and err.get("message"):
-            return str(err["message"])
+            return cut(err["message"])
         if isinstance(err, str):
-            return err
+            return cut(err)
         if body.get("message"):
-            return str(body["message"])
-    return json.dumps(body)[:500]
+            return cut(body["message"])
+    try:
+        return cut(json.dumps(body))
+    except (ValueError, RecursionError):
+        return cut(resp.text)
+
+
+_NOT_JSON = object()
+
+
+def _json_or_none(resp: httpx.Response) -> Any:
+    """The decoded JSON of ``resp``, or ``_NOT_JSON`` — also for JSON nested too deeply to decode (which the
+    json module reports as a RecursionError, not a ValueError)."""
+    try:
+        return resp.json()
+    except (ValueError, RecursionError):
+        return _NOT_JSON
 
 
 def retry_after(resp: httpx.Response) -> float | None:
@@ -200,7 +224,105 @@ def retry_after(resp: httpx.Response) -> float | None:
         return None
     if when is None:
         return None
+    if when.tzinfo is None:  # asctime and "-0000" dates carry no zone; HTTP dates are always GMT
+        when = when.replace(tzinfo=datetime.UTC)
     return max(0.0, when.timestamp() - time.time())
+
+
+#: The content codings asked for (``Accept-Encoding``) and decoded here, each bounded (below).
+ACCEPT_ENCODING = "gzip, deflate"
+
+
+class _BodyTooLarge(Exception):
+    """The answer, as received or once decompressed, is larger than ``max_response_bytes``."""
+
+
+class _BadEncoding(Exception):
+    """The answer's ``Content-Encoding`` is not one asked for, or its compressed data is corrupt."""
+
+
+class _Inflate:
+    """One ``gzip`` / ``deflate`` layer, decompressed incrementally with a bound on its output — httpx's own
+    decoders inflate a whole network chunk at once, so a few KiB of a compression bomb would become
+    gigabytes before any size check could run."""
+
+    def __init__(self, coding: str):
+        self.coding = coding
+        self.raw_deflate = False  # "deflate" is zlib-wrapped by the standard, raw by some servers
+        self.d = zlib.decompressobj(16 + zlib.MAX_WBITS if coding in ("gzip", "x-gzip") else zlib.MAX_WBITS)
+        self.started = False
+
+    def feed(self, data: bytes, room: int) -> bytes:
+        """Decompress ``data``; more than ``room`` bytes out is :class:`_BodyTooLarge`."""
+        if not data:
+            return b""
+        try:
+            out = self.d.decompress(data, room + 1)
+        except zlib.error as exc:
+            if self.coding == "deflate" and not self.started and not self.raw_deflate:
+                self.raw_deflate = True
+                self.d = zlib.decompressobj(-zlib.MAX_WBITS)
+                return self.feed(data, room)
+            raise _BadEncoding(f"its {self.coding}-compressed body is corrupt ({exc})") from None
+        self.started = True
+        if len(out) > room:
+            raise _BodyTooLarge
+        return out
+
+    def end(self, room: int) -> bytes:
+        try:
+            out = self.d.flush()
+        except zlib.error as exc:
+            raise _BadEncoding(f"its {self.coding}-compressed body is corrupt ({exc})") from None
+        if len(out) > room:
+            raise _BodyTooLarge
+        return out
+
+
+class _BoundedBody:
+    """Collects an answer's raw bytes and decodes its ``Content-Encoding`` layers as they arrive, refusing
+    more than ``limit`` bytes received or decoded at any layer."""
+
+    def __init__(self, headers: httpx.Headers, limit: int):
+        self.limit = limit
+        self.raw = 0
+        codings = [c.strip().lower() for c in headers.get_list("content-encoding", split_commas=True)]
+        codings = [c for c in codings if c and c != "identity"]
+        for c in codings:
+            if c not in ("gzip", "x-gzip", "deflate"):
+                raise _BadEncoding(f"it is encoded as {c!r}, which was not asked for (Accept-Encoding: "
+                                   f"{ACCEPT_ENCODING})")
+        if len(codings) > 2:
+            raise _BadEncoding(f"it is compressed {len(codings)} times over ({', '.join(codings)})")
+        self.layers = [_Inflate(c) for c in reversed(codings)]  # the last coding applied is undone first
+        self.out = bytearray()
+
+    def add(self, chunk: bytes) -> None:
+        self.raw += len(chunk)
+        if self.raw > self.limit:
+            raise _BodyTooLarge
+        for k, layer in enumerate(self.layers):
+            last = k == len(self.layers) - 1
+            chunk = layer.feed(chunk, self.limit - len(self.out) if last else self.limit)
+        self.out.extend(chunk)
+        if len(self.out) > self.limit:
+            raise _BodyTooLarge
+
+    def finish(self) -> bytes:
+        tail = b""  # what each layer still holds, passed through the layers after it
+        for layer in self.layers:
+            tail = layer.feed(tail, self.limit)
+            tail += layer.end(self.limit)
+        self.out.extend(tail)
+        if len(self.out) > self.limit:
+            raise _BodyTooLarge
+        return bytes(self.out)
+
+    def response(self, resp: httpx.Response) -> httpx.Response:
+        """A complete response with the decoded body (its encoding headers dropped: it is decoded)."""
+        headers = httpx.Headers([(k, v) for k, v in resp.headers.multi_items()
+                                 if k.lower() not in ("content-encoding", "content-length")])
+        return httpx.Response(resp.status_code, headers=headers, content=self.finish(), request=resp.request)
 
 
 class _AttemptTimeout(Exception):
@@ -248,7 +370,9 @@ class HttpClient:
         self.hints = dict(hints or {})
         self.redact = Redactor([o.api_key])
         _LOG_FILTER.redactors.add(self.redact)
-        self._headers = {"Accept": "application/json", "User-Agent": user_agent}
+        # Only the codings decoded here with a bound on their output (httpx would add br / zstd when their
+        # packages are installed, and inflate them unbounded).
+        self._headers = {"Accept": "application/json", "Accept-Encoding": ACCEPT_ENCODING, "User-Agent": user_agent}
         for k, v in o.headers.items():  # a caller's header replaces ours of the same name, whatever its case
             self._headers = {h: x for h, x in self._headers.items() if h.lower() != k.lower()}
             self._headers[k] = v
@@ -320,14 +444,25 @@ class HttpClient:
     # ------------------------------------------------------------------ errors
     def error(self, url: str, resp: httpx.Response, suffix: str = "") -> RemoteError:
         """The :class:`RemoteError` for an error answer: status, the server's message, a hint; redacted."""
-        msg = self.redact(f"{redact_url(url)} answered HTTP {resp.status_code}: {server_message(resp)}"
-                          f"{self.hints.get(resp.status_code, '')}{suffix}")
-        return RemoteError(msg, status_code=resp.status_code, body=self.redact(resp.text[:2000]))
+        hint = self.hints.get(resp.status_code, "")
+        if 300 <= resp.status_code < 400:
+            where = resp.headers.get("location")
+            hint += (" — redirects are not followed (credentials are never sent on to another address); use "
+                     "the final URL" + (f": the server points to {self.clip(redact_url(where), 300)!r}"
+                                        if where else ""))
+        msg = self.redact(f"{redact_url(url)} answered HTTP {resp.status_code}: "
+                          f"{server_message(resp, self.redact)}{hint}{suffix}")
+        return RemoteError(msg, status_code=resp.status_code, body=self.clip(resp.text, 2000))
 
     def fail(self, message: str, *, status_code: int | None = None, body: str | None = None) -> RemoteError:
         """A redacted :class:`RemoteError` (for callers that judge an answer's content)."""
         return RemoteError(self.redact(message), status_code=status_code,
-                           body=None if body is None else self.redact(body[:2000]))
+                           body=None if body is None else self.clip(body, 2000))
+
+    def clip(self, text: Any, limit: int) -> str:
+        """``text`` with every known secret masked, *then* cut to ``limit`` characters (cutting first could
+        leave the first half of a secret in view). For server-sent text quoted in a message."""
+        return self.redact(text)[:limit]
 
     def _describe(self, exc: BaseException) -> str:
         if isinstance(exc, _AttemptTimeout):
@@ -364,15 +499,37 @@ class HttpClient:
                            timeout=self._timeout_for(budget)) as resp:
             state["response"] = resp
             if resp.is_stream_consumed:  # a transport that answered with a complete response (mock transports)
-                return resp
-            raw = bytearray()
-            for chunk in resp.iter_raw():
-                raw.extend(chunk)
-                if state.get("abandoned") or (budget is not None and time.monotonic() - start > budget):
-                    raise self._too_long(budget)
-                if len(raw) > self.max_response_bytes:
-                    raise RemoteError(f"the answer is larger than {self.max_response_bytes} bytes")
-        return httpx.Response(resp.status_code, headers=resp.headers, content=bytes(raw), request=resp.request)
+                return self._complete(url, resp)
+            got = self._reader(url, resp)
+            try:
+                for chunk in resp.iter_raw():
+                    if state.get("abandoned") or (budget is not None and time.monotonic() - start > budget):
+                        raise self._too_long(budget)
+                    got.add(chunk)
+                return got.response(resp)
+            except (_BodyTooLarge, _BadEncoding) as exc:
+                raise self._body_error(url, resp, exc) from None
+
+    def _reader(self, url: str, resp: httpx.Response) -> _BoundedBody:
+        try:
+            return _BoundedBody(resp.headers, self.max_response_bytes)
+        except _BadEncoding as exc:
+            raise self._body_error(url, resp, exc) from None
+
+    def _body_error(self, url: str, resp: httpx.Response, exc: Exception) -> RemoteError:
+        if isinstance(exc, _BodyTooLarge):
+            what = (f"an answer larger than max_response_bytes={self.max_response_bytes} bytes (as received or "
+                    "once decompressed); refused")
+        else:
+            what = f"an answer that cannot be read: {exc}"
+        return self.fail(f"{redact_url(url)} answered HTTP {resp.status_code} with {what}",
+                         status_code=resp.status_code)
+
+    def _complete(self, url: str, resp: httpx.Response) -> httpx.Response:
+        """A response a custom transport handed over already read: the size limit still applies."""
+        if len(resp.content) > self.max_response_bytes:
+            raise self._body_error(url, resp, _BodyTooLarge())
+        return resp
 
     def _attempt_in_thread(self, method: str, url: str, body: Any, budget: float | None) -> httpx.Response:
         if budget is not None and budget <= 0:
@@ -413,13 +570,14 @@ class HttpClient:
             async with client.stream(method, url, content=body, headers=_json_headers(body),
                                      timeout=self._timeout_for(budget)) as resp:
                 if resp.is_stream_consumed:
-                    return resp
-                raw = bytearray()
-                async for chunk in resp.aiter_raw():
-                    raw.extend(chunk)
-                    if len(raw) > self.max_response_bytes:
-                        raise RemoteError(f"the answer is larger than {self.max_response_bytes} bytes")
-            return httpx.Response(resp.status_code, headers=resp.headers, content=bytes(raw), request=resp.request)
+                    return self._complete(url, resp)
+                got = self._reader(url, resp)
+                try:
+                    async for chunk in resp.aiter_raw():
+                        got.add(chunk)
+                    return got.response(resp)
+                except (_BodyTooLarge, _BadEncoding) as exc:
+                    raise self._body_error(url, resp, exc) from None
 
         try:
             async with asyncio.timeout(budget):
@@ -437,6 +595,10 @@ class HttpClient:
         if resp is not None and resp.status_code not in RETRY_STATUS:
             raise self.error(url, resp)
         tries = attempt + 1
+        if exc is not None and _certificate_failure(exc):  # retrying cannot help; say what to change
+            raise self.fail(f"could not reach {redact_url(url)}: its TLS certificate failed verification "
+                            f"({self._describe(exc)}); pass verify=ssl.create_default_context(cafile=...) for a "
+                            "private CA (or verify=False, which trusts anyone on the network path)")
         if tries >= attempts:
             raise self._give_up(url, resp, exc, f"after {tries} attempt{'s' if tries > 1 else ''}")
         delay = None
@@ -446,7 +608,8 @@ class HttpClient:
                 if after > self.max_retry_after:
                     raise self.fail(f"{redact_url(url)} answered HTTP {resp.status_code} and asks to retry after "
                                     f"{after:.0f}s, more than max_retry_after={self.max_retry_after:g}s: "
-                                    f"{server_message(resp)}", status_code=resp.status_code, body=resp.text)
+                                    f"{server_message(resp, self.redact)}", status_code=resp.status_code,
+                                body=resp.text)
                 delay = after
         if delay is None:
             delay = random.uniform(0, min(self.max_backoff, self.backoff * (2 ** attempt)))
@@ -513,26 +676,41 @@ class HttpClient:
         return self.decode(url, await self.asend("POST", url, body))
 
     def decode(self, url: str, resp: httpx.Response) -> Any:
-        try:
-            return resp.json()
-        except ValueError:
-            raise self.fail(f"{redact_url(url)} answered HTTP {resp.status_code} with a body that is not JSON: "
-                            f"{resp.text[:200]!r}", status_code=resp.status_code, body=resp.text) from None
+        body = _json_or_none(resp)
+        if body is _NOT_JSON:
+            raise self.fail(f"{redact_url(url)} answered HTTP {resp.status_code} with a body that is not JSON (or "
+                            f"nested too deeply): {self.clip(resp.text, 200)!r}", status_code=resp.status_code,
+                            body=resp.text)
+        return body
 
     def probe(self, url: str) -> Any | None:
         """``GET url`` once, for discovery: the JSON answer, or ``None`` on any failure (never raises)."""
         try:
-            resp = self.send("GET", url, retry=False)
-            return resp.json()
-        except (RemoteError, ValueError):
+            body = _json_or_none(self.send("GET", url, retry=False))
+        except RemoteError:
             return None
+        return None if body is _NOT_JSON else body
 
     async def aprobe(self, url: str) -> Any | None:
         try:
-            resp = await self.asend("GET", url, retry=False)
-            return resp.json()
-        except (RemoteError, ValueError):
+            body = _json_or_none(await self.asend("GET", url, retry=False))
+        except RemoteError:
             return None
+        return None if body is _NOT_JSON else body
+
+
+def _certificate_failure(exc: BaseException) -> bool:
+    """Whether a transport error comes from a TLS certificate that failed verification."""
+    import ssl
+
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        if isinstance(e, ssl.SSLCertVerificationError):
+            return True
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return False
 
 
 def _sleep(seconds: float) -> None:

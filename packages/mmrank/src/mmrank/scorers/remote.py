@@ -181,6 +181,17 @@ def _api_key(http: HttpOptions) -> str | None:
     return next((os.environ[v] for v in API_KEY_ENV if os.environ.get(v)), None)
 
 
+def _finite(value: Any) -> bool:
+    """A JSON number that is a finite float (an integer too large for a float — JSON allows any number of
+    digits — is not)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
+
+
 def _server_root(endpoint: str) -> str:
     parts = urllib.parse.urlsplit(endpoint)
     path = parts.path
@@ -299,7 +310,8 @@ class RemoteReranker(Reranker):
 
     def _dialect_from_models(self, body: Any) -> str:
         data = body.get("data") if isinstance(body, dict) else None
-        owners = {str(m.get("owned_by", "")).lower() for m in data or [] if isinstance(m, dict)}
+        data = data if isinstance(data, list) else []  # any other shape says nothing about the server
+        owners = {str(m.get("owned_by", "")).lower() for m in data if isinstance(m, dict)}
         if "vllm" in owners:
             return "vllm"
         if "infinity" in owners:
@@ -409,33 +421,38 @@ class RemoteReranker(Reranker):
     # ------------------------------------------------------------------ responses
     def _parse(self, resp: httpx.Response, n: int) -> tuple[list[tuple[int, float]], int | None]:
         fail, url, status = self._http.fail, _redact(self.url), resp.status_code
+
+        def shown(value: Any, limit: int) -> str:  # server data in a message: redacted, then cut
+            return self._http.clip(repr(value), limit)
+
         body = self._http.decode(self.url, resp)
         results = body.get("results") if isinstance(body, dict) else None
         if results is None and isinstance(body, dict):
             results = body.get("data")  # Infinity before 0.0.60 named the list "data"
         if not isinstance(results, list):
             raise fail(f"{url} answered without a 'results' list; is this a rerank endpoint? "
-                       f"(keys: {sorted(body)[:10] if isinstance(body, dict) else type(body).__name__})",
+                       f"(keys: {shown(sorted(body)[:10], 300) if isinstance(body, dict) else type(body).__name__})",
                        status_code=status, body=resp.text)
         pairs: list[tuple[int, float]] = []
         seen: set[int] = set()
         for item in results:
             if not isinstance(item, dict):
-                raise fail(f"malformed result {repr(item)[:200]} from {url}", status_code=status)
+                raise fail(f"malformed result {shown(item, 200)} from {url}", status_code=status, body=resp.text)
             idx = item.get("index")
             score = item.get("relevance_score", item.get("score"))
             if not isinstance(idx, int) or isinstance(idx, bool) or not 0 <= idx < n or idx in seen:
-                raise fail(f"{url} returned an invalid or repeated document index {repr(idx)[:50]} "
-                           f"for a request of {n} documents", status_code=status)
-            if not isinstance(score, (int, float)) or isinstance(score, bool) or not math.isfinite(score):
-                raise fail(f"{url} returned a non-numeric score {repr(score)[:50]} for document {idx}",
-                           status_code=status)
+                raise fail(f"{url} returned an invalid or repeated document index {shown(idx, 50)} "
+                           f"for a request of {n} documents", status_code=status, body=resp.text)
+            if not _finite(score):
+                raise fail(f"{url} returned a non-numeric score {shown(score, 50)} for document {idx} (a score must be "
+                           "a finite number)", status_code=status, body=resp.text)
             seen.add(idx)
             pairs.append((idx, float(score)))
         if len(seen) != n:
             missing = sorted(set(range(n)) - seen)
             raise fail(f"{url} returned {len(seen)} results for {n} documents (missing "
-                       f"{missing[:10]}); the server may cap results (top_n) or drop documents", status_code=status)
+                       f"{missing[:10]}); the server may cap results (top_n) or drop documents", status_code=status,
+                       body=resp.text)
         usage = body.get("usage") if isinstance(body, dict) else None
         tokens = usage.get("total_tokens") if isinstance(usage, dict) else None
         return pairs, tokens if isinstance(tokens, int) and not isinstance(tokens, bool) else None
