@@ -83,7 +83,7 @@ from ..inputs.images import (
     resolve_source,
 )
 from .base import DocumentError, OnError, PreparedRanking, Reranker, _id_suffix
-from .http import HttpClient, HttpOptions, redact_url, server_message  # noqa: F401 - server_message: public re-export
+from .http import HttpClient, HttpOptions, redact_url, server_message
 from .http_options import keyword_names
 
 logger = logging.getLogger("mmrank")
@@ -310,6 +310,8 @@ class RemoteReranker(Reranker):
 
     def _dialect_from_models(self, body: Any) -> str:
         data = body.get("data") if isinstance(body, dict) else None
+        if isinstance(data, dict):  # early Infinity releases answered one model object, not a list
+            data = [data]
         data = data if isinstance(data, list) else []  # any other shape says nothing about the server
         owners = {str(m.get("owned_by", "")).lower() for m in data if isinstance(m, dict)}
         if "vllm" in owners:
@@ -429,6 +431,10 @@ class RemoteReranker(Reranker):
         results = body.get("results") if isinstance(body, dict) else None
         if results is None and isinstance(body, dict):
             results = body.get("data")  # Infinity before 0.0.60 named the list "data"
+        if not isinstance(results, list) and isinstance(body, dict) and (
+                isinstance(body.get("error"), (dict, str)) or isinstance(body.get("detail"), (list, str))):
+            raise fail(f"{url} answered HTTP {status} with an error: {server_message(resp, self._http.redact)}",
+                       status_code=status, body=resp.text)
         if not isinstance(results, list):
             raise fail(f"{url} answered without a 'results' list; is this a rerank endpoint? "
                        f"(keys: {shown(sorted(body)[:10], 300) if isinstance(body, dict) else type(body).__name__})",
@@ -455,7 +461,7 @@ class RemoteReranker(Reranker):
                        body=resp.text)
         usage = body.get("usage") if isinstance(body, dict) else None
         tokens = usage.get("total_tokens") if isinstance(usage, dict) else None
-        return pairs, tokens if isinstance(tokens, int) and not isinstance(tokens, bool) else None
+        return pairs, tokens if isinstance(tokens, int) and not isinstance(tokens, bool) and tokens >= 0 else None
 
     def _post(self, body: dict[str, Any], n: int) -> tuple[list[tuple[int, float]], int | None]:
         return self._parse(self._http.send("POST", self.url, body), n)
