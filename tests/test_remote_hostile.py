@@ -496,3 +496,51 @@ async def test_tls_verification_is_honoured_and_a_failure_is_not_retried(tls_ser
         ok = RemoteReranker(url, dialect="jina", max_retries=0, verify=verify)
         ranked = await ok.arank("q", ["a"]) if use_async else ok.rank("q", ["a"])
         assert [(x.index, x.score) for x in ranked] == [(0, 0.7)]
+
+
+# ------------------------------------------------------------------------------------------- published shapes
+def test_vllm_score_endpoint_gets_text_1_and_text_2_and_its_data_list_is_read():
+    from mmrank_testkit import sample_image_bytes
+
+    bodies = []
+
+    def vllm(req: Request) -> Reply:
+        if req.method == "GET":
+            return Reply(json={"object": "list", "data": [{"id": "jinaai/jina-reranker-m0", "object": "model",
+                                                           "owned_by": "vllm"}]})
+        body = req.json()
+        bodies.append(body)
+        # vLLM's ScoreResponse: id, object, created, model, data[{index, object, score}], usage
+        data = [{"index": i, "object": "score", "score": 0.1 * (i + 1)} for i in range(len(body["text_2"]))]
+        return Reply(json={"id": "score-1", "object": "list", "created": 1, "model": "jinaai/jina-reranker-m0",
+                           "data": data[::-1], "usage": {"prompt_tokens": 9, "total_tokens": 9,
+                                                         "completion_tokens": 0}})
+
+    with serve(vllm) as srv:
+        r = RemoteReranker(srv.url + "/score", max_retries=0)
+        ranked = r.rank("q", ["a", {"text": "b", "image": sample_image_bytes(1)}, "c"])
+        assert r.dialect == "vllm" and [x.index for x in ranked] == [2, 1, 0] and r.last_usage == 9
+        (body,) = bodies
+        assert set(body) == {"text_1", "text_2"} and body["text_1"] == "q"
+        assert body["text_2"][0] == "a" and body["text_2"][1]["content"][0]["type"] == "image_url"
+    with pytest.raises(Exception, match="/score URL is vLLM's scoring endpoint"):
+        RemoteReranker("http://h/v1/score", dialect="infinity")
+
+
+def test_cohere_v2_rerank_gets_no_return_documents_and_its_answer_is_read():
+    cohere_types = pytest.importorskip("cohere.v2.types")  # the real SDK's response model checks our recording
+    answer = {"id": "07734bd2-2473-4f07-94e1-0d9f0e6843cf", "results": [
+        {"index": 1, "relevance_score": 0.9}, {"index": 0, "relevance_score": 0.2}],
+        "meta": {"api_version": {"version": "2"}, "billed_units": {"search_units": 1}}}
+    cohere_types.V2RerankResponse.model_validate(answer)
+    bodies = []
+
+    def cohere(req: Request) -> Reply:
+        bodies.append(req.json())
+        return Reply(json=answer)
+
+    with serve(cohere) as srv:
+        r = RemoteReranker(srv.url + "/v2/rerank", model="rerank-v3.5", dialect="jina", max_retries=0)
+        assert [(x.index, x.score) for x in r.rank("q", ["a", "b"])] == [(1, 0.9), (0, 0.2)]
+        assert bodies == [{"model": "rerank-v3.5", "query": "q", "documents": ["a", "b"]}]
+        assert r.last_usage is None  # Cohere bills search units, not tokens

@@ -24,6 +24,12 @@ auto      ``api.jina.ai`` → jina; otherwise one ``GET /v1/models`` (then ``/mo
           otherwise); a path the caller wrote is kept.
 ========  ==================================================================================================
 
+Two endpoints change the body whatever the dialect: a URL ending in ``/score`` (vLLM's pair scoring,
+``/score`` or ``/v1/score``) sends the vllm dialect's query as ``text_1`` and its documents as ``text_2`` and
+reads ``data[{index, score}]``; a URL ending in ``/v2/rerank`` (Cohere's v2 API, also served by vLLM and
+``mmrank serve``) leaves out ``return_documents``, which v2 does not define (Cohere needs ``model=`` and
+takes text documents only; it answers an image with its own error).
+
 Verified against: ``mmrank serve`` for real (a server process started by the tests, on the same tiny model
 as the local scorer: equal rankings and scores within 1e-5 for text, base64 image and mixed documents);
 Jina, vLLM and Infinity by request/response-shape tests against recorded responses shaped after their
@@ -195,7 +201,7 @@ def _finite(value: Any) -> bool:
 def _server_root(endpoint: str) -> str:
     parts = urllib.parse.urlsplit(endpoint)
     path = parts.path
-    for suffix in ("/v1/rerank", "/v2/rerank", "/rerank"):
+    for suffix in ("/v1/rerank", "/v2/rerank", "/rerank", "/v1/score", "/score"):
         if path.endswith(suffix):
             path = path[: -len(suffix)]
             break
@@ -243,6 +249,12 @@ class RemoteReranker(Reranker):
         is_jina_service = is_jina_service or host == "api.jina.ai"
         if dialect == "auto" and is_jina_service:
             dialect = "jina"
+        path = urllib.parse.urlsplit(url).path.rstrip("/")
+        if path.endswith("/score"):  # vLLM's pair-scoring endpoint: its own field names, vLLM's content parts
+            if dialect not in ("auto", "vllm"):
+                raise InputError(f"a /score URL is vLLM's scoring endpoint; dialect={dialect!r} does not speak it "
+                                 "(use dialect='vllm' or 'auto', or the server's /rerank endpoint)")
+            dialect = "vllm"
         self._dialect: str = dialect
         self.url = _endpoint(url, dialect if dialect != "auto" else "jina")
         # A bare base URL names no path: the endpoint follows the dialect detected on first use (Infinity
@@ -398,9 +410,15 @@ class RemoteReranker(Reranker):
         body: dict[str, Any] = {}
         if self.model is not None:
             body["model"] = self.model
+        path = urllib.parse.urlsplit(self.url).path
+        if path.endswith("/score"):  # vLLM's /score: text_1 against each of text_2; answers data[{index, score}]
+            body["text_1"] = query_payload
+            body["text_2"] = docs
+            return body
         body["query"] = query_payload
         body["documents"] = docs
-        if self._dialect != "vllm":
+        # Cohere's v2 API (also served as /v2/rerank by vLLM and mmrank serve) defines no return_documents.
+        if self._dialect != "vllm" and not path.endswith("/v2/rerank"):
             body["return_documents"] = False
         # top_n is never sent: every score is needed to merge sub-requests and keep every document.
         return body
