@@ -290,8 +290,8 @@ class _BoundedBody:
         codings = [c for c in codings if c and c != "identity"]
         for c in codings:
             if c not in ("gzip", "x-gzip", "deflate"):
-                raise _BadEncoding(f"it is encoded as {c!r}, which was not asked for (Accept-Encoding: "
-                                   f"{ACCEPT_ENCODING})")
+                raise _BadEncoding(f"it is encoded as {c!r}, which was not asked for and is not decoded here "
+                                   f"(Accept-Encoding: {ACCEPT_ENCODING})")
         if len(codings) > 2:
             raise _BadEncoding(f"it is compressed {len(codings)} times over ({', '.join(codings)})")
         self.layers = [_Inflate(c) for c in reversed(codings)]  # the last coding applied is undone first

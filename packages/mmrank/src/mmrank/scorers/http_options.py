@@ -73,7 +73,8 @@ class HttpOptions:
             (e.g. ``ssl.create_default_context(cafile=...)`` for a private CA).
         transport: a custom sync ``httpx`` transport (tests, proxies).
         async_transport: a custom async ``httpx`` transport.
-        max_response_bytes: answers larger than this are refused.
+        max_response_bytes: answers larger than this, as received or once decompressed, are refused (only
+            ``gzip`` and ``deflate`` are asked for, and inflated with this bound).
     """
 
     timeout: float | httpx.Timeout | None = 120.0
